@@ -1,0 +1,287 @@
+//! Envelope address syntax: just enough of RFC 5321/6531 to split an address into its
+//! unquoted local part and its domain, and to write a local part back in valid SMTP form.
+//!
+//! Parsing is total: every input yields an [`Address`] or an [`AddressError`].
+
+use std::borrow::Cow;
+
+/// Longest address we accept at all (RFC 5321 allows 64 + 1 + 255; a little slack for
+/// quoting). Anything longer is not a real envelope address.
+pub const MAX_ADDRESS_LEN: usize = 512;
+/// RFC 5321 §4.5.3.1.1: the local part, as written, may be 64 octets.
+pub const MAX_LOCAL_LEN: usize = 64;
+/// RFC 5321 §4.5.3.1.2.
+pub const MAX_DOMAIN_LEN: usize = 255;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AddressError {
+    #[error("empty address")]
+    Empty,
+    #[error("no @ in address")]
+    NoAt,
+    #[error("empty local part")]
+    EmptyLocal,
+    #[error("empty domain")]
+    EmptyDomain,
+    #[error("control character in address")]
+    ControlChar,
+    #[error("address longer than {MAX_ADDRESS_LEN} octets")]
+    TooLong,
+    #[error("domain longer than {MAX_DOMAIN_LEN} octets")]
+    DomainTooLong,
+    #[error("unterminated or misplaced quote in local part")]
+    BadQuoting,
+    #[error("character {0:?} not allowed in an unquoted local part")]
+    BadLocalChar(char),
+    #[error("invalid domain {0:?}")]
+    BadDomain(String),
+}
+
+/// A parsed address. `local` is the unquoted form of the local part (what the hash covers).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Address<'a> {
+    pub local: Cow<'a, str>,
+    pub domain: &'a str,
+    /// The local part was written as a quoted string.
+    pub quoted: bool,
+}
+
+fn is_atext(c: char) -> bool {
+    c.is_ascii_alphanumeric() || "!#$%&'*+-/=?^_`{|}~".contains(c) || !c.is_ascii()
+}
+
+/// True if `local` (unquoted form) must be written as a quoted string.
+pub fn needs_quoting(local: &str) -> bool {
+    !local.chars().all(|c| c == '.' || is_atext(c))
+}
+
+/// Append `local` to `out` in valid SMTP form: as is if it is a (possibly dotted) atom,
+/// otherwise as one quoted string with `"` and `\` escaped.
+pub fn write_local(out: &mut String, local: &str) {
+    if !needs_quoting(local) {
+        out.push_str(local);
+        return;
+    }
+    out.push('"');
+    for c in local.chars() {
+        if c == '"' || c == '\\' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('"');
+}
+
+/// Length in octets of `local` as [`write_local`] would write it.
+pub fn written_local_len(local: &str) -> usize {
+    if !needs_quoting(local) {
+        return local.len();
+    }
+    2 + local.len() + local.bytes().filter(|&b| b == b'"' || b == b'\\').count()
+}
+
+/// Format `local@domain` with the local part written in valid SMTP form.
+pub fn format(local: &str, domain: &str) -> String {
+    let mut s = String::with_capacity(local.len() + domain.len() + 3);
+    write_local(&mut s, local);
+    s.push('@');
+    s.push_str(domain);
+    s
+}
+
+/// Parse `local@domain`. The local part is a dot-atom (leniently: dots anywhere) or a
+/// quoted string; non-ASCII UTF-8 is allowed (SMTPUTF8).
+pub fn parse(s: &str) -> Result<Address<'_>, AddressError> {
+    if s.is_empty() {
+        return Err(AddressError::Empty);
+    }
+    if s.len() > MAX_ADDRESS_LEN {
+        return Err(AddressError::TooLong);
+    }
+    if s.chars().any(|c| c.is_control()) {
+        return Err(AddressError::ControlChar);
+    }
+    let (local, quoted, rest) = if let Some(body) = s.strip_prefix('"') {
+        let (unquoted, consumed) = unquote(body)?;
+        (unquoted, true, &body[consumed..])
+    } else {
+        let at = s.rfind('@').ok_or(AddressError::NoAt)?;
+        let local = &s[..at];
+        if let Some(c) = local.chars().find(|&c| c != '.' && !is_atext(c)) {
+            return Err(AddressError::BadLocalChar(c));
+        }
+        (Cow::Borrowed(local), false, &s[at..])
+    };
+    let domain = rest.strip_prefix('@').ok_or(if quoted {
+        AddressError::BadQuoting
+    } else {
+        AddressError::NoAt
+    })?;
+    if local.is_empty() {
+        return Err(AddressError::EmptyLocal);
+    }
+    check_domain(domain)?;
+    Ok(Address {
+        local,
+        domain,
+        quoted,
+    })
+}
+
+/// Unquote the body of a quoted string (after the opening quote). Returns the unquoted
+/// text and the number of bytes consumed, including the closing quote.
+fn unquote(body: &str) -> Result<(Cow<'_, str>, usize), AddressError> {
+    let mut out: Option<String> = None;
+    let mut chars = body.char_indices();
+    while let Some((i, c)) = chars.next() {
+        match c {
+            '"' => {
+                let text = match out {
+                    Some(s) => Cow::Owned(s),
+                    None => Cow::Borrowed(&body[..i]),
+                };
+                return Ok((text, i + 1));
+            }
+            '\\' => {
+                let (_, escaped) = chars.next().ok_or(AddressError::BadQuoting)?;
+                out.get_or_insert_with(|| body[..i].to_string()).push(escaped);
+            }
+            _ => {
+                if let Some(s) = out.as_mut() {
+                    s.push(c)
+                }
+            }
+        }
+    }
+    Err(AddressError::BadQuoting)
+}
+
+fn check_domain(domain: &str) -> Result<(), AddressError> {
+    if domain.is_empty() {
+        return Err(AddressError::EmptyDomain);
+    }
+    if domain.len() > MAX_DOMAIN_LEN {
+        return Err(AddressError::DomainTooLong);
+    }
+    if domain.starts_with('[') {
+        // Address literal: accepted as written, never canonicalised.
+        if domain.ends_with(']') && domain.len() > 2 && !domain[1..domain.len() - 1].contains(['[', ']', '\\', ' ']) {
+            return Ok(());
+        }
+        return Err(AddressError::BadDomain(domain.to_string()));
+    }
+    let ok = domain.split('.').all(|label| {
+        !label.is_empty()
+            && label
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || !c.is_ascii())
+    });
+    if ok {
+        Ok(())
+    } else {
+        Err(AddressError::BadDomain(domain.to_string()))
+    }
+}
+
+/// The canonical form of a domain for the native scheme: ASCII lower-case, and an IDNA
+/// A-label when it holds non-ASCII characters. Borrowed when nothing changes.
+pub fn canonical_domain(domain: &str) -> Result<Cow<'_, str>, AddressError> {
+    if domain.is_ascii() {
+        if domain.bytes().any(|b| b.is_ascii_uppercase()) {
+            Ok(Cow::Owned(domain.to_ascii_lowercase()))
+        } else {
+            Ok(Cow::Borrowed(domain))
+        }
+    } else {
+        idna::domain_to_ascii(domain)
+            .map(Cow::Owned)
+            .map_err(|_| AddressError::BadDomain(domain.to_string()))
+    }
+}
+
+/// Case-insensitive domain membership: `example.com` matches itself, `.example.com`
+/// matches every subdomain (Postfix's convention). Entries must be canonical.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DomainSet {
+    exact: Vec<String>,
+    suffixes: Vec<String>,
+}
+
+impl DomainSet {
+    /// Build from configured names (already validated). Names are canonicalised.
+    pub fn new<I: IntoIterator<Item = S>, S: AsRef<str>>(names: I) -> Result<Self, AddressError> {
+        let mut set = DomainSet::default();
+        for name in names {
+            let name = name.as_ref();
+            if let Some(suffix) = name.strip_prefix('.') {
+                check_domain(suffix)?;
+                set.suffixes.push(format!(".{}", canonical_domain(suffix)?));
+            } else {
+                check_domain(name)?;
+                set.exact.push(canonical_domain(name)?.into_owned());
+            }
+        }
+        Ok(set)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.exact.is_empty() && self.suffixes.is_empty()
+    }
+
+    pub fn contains(&self, domain: &str) -> bool {
+        let Ok(d) = canonical_domain(domain) else {
+            return false;
+        };
+        self.exact.iter().any(|e| *e == d) || self.suffixes.iter().any(|s| d.ends_with(s.as_str()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_dot_atom() {
+        let a = parse("alice@example.com").unwrap();
+        assert_eq!(a.local, "alice");
+        assert_eq!(a.domain, "example.com");
+        assert!(!a.quoted);
+    }
+
+    #[test]
+    fn parses_quoted_with_escapes() {
+        let a = parse(r#""john \"j\" doe@x"@example.com"#).unwrap();
+        assert_eq!(a.local, r#"john "j" doe@x"#);
+        assert!(a.quoted);
+        assert_eq!(format(&a.local, a.domain), r#""john \"j\" doe@x"@example.com"#);
+    }
+
+    #[test]
+    fn rejects_bad_input() {
+        assert_eq!(parse(""), Err(AddressError::Empty));
+        assert_eq!(parse("alice"), Err(AddressError::NoAt));
+        assert_eq!(parse("@example.com"), Err(AddressError::EmptyLocal));
+        assert_eq!(parse("alice@"), Err(AddressError::EmptyDomain));
+        assert_eq!(parse("al\nice@x"), Err(AddressError::ControlChar));
+        assert_eq!(parse("john doe@x"), Err(AddressError::BadLocalChar(' ')));
+        assert_eq!(parse("\"john@x"), Err(AddressError::BadQuoting));
+        assert_eq!(parse("\"john\"x@y"), Err(AddressError::BadQuoting));
+        assert!(matches!(parse("a@b..c"), Err(AddressError::BadDomain(_))));
+        assert_eq!(parse(&format!("a@{}", "b".repeat(600))), Err(AddressError::TooLong));
+    }
+
+    #[test]
+    fn canonical_domains() {
+        assert_eq!(canonical_domain("Example.COM").unwrap(), "example.com");
+        assert_eq!(canonical_domain("Bücher.example").unwrap(), "xn--bcher-kva.example");
+    }
+
+    #[test]
+    fn domain_sets() {
+        let s = DomainSet::new(["Example.com", ".example.org"]).unwrap();
+        assert!(s.contains("EXAMPLE.com"));
+        assert!(!s.contains("sub.example.com"));
+        assert!(s.contains("mail.example.org"));
+        assert!(!s.contains("example.org"));
+    }
+}

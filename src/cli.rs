@@ -1,0 +1,152 @@
+//! The command line (DESIGN §4), as clap definitions. They live in the library so that the
+//! man pages under `man/` are generated from them (and checked in a test).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::tag::Scheme;
+
+const AFTER_HELP: &str = "\
+Exit status (sysexits): 0 ok, 1 invalid tag, 64 usage, 65 bad input, 74 I/O error,
+75 temporary failure, 78 configuration error.";
+
+/// Bounce Address Tag Validation: sign envelope senders, refuse backscatter.
+#[derive(Debug, Parser)]
+#[command(name = "batv", version, about, after_help = AFTER_HELP, max_term_width = 100)]
+pub struct Cli {
+    /// Configuration file [default: /etc/batv/batv.toml; batv.toml in a source checkout]
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Keys directory [default: keys_dir from the config, else /etc/batv/keys; keys/ in a
+    /// source checkout]
+    #[arg(long, global = true, value_name = "DIR")]
+    pub keys: Option<PathBuf>,
+    /// Evaluate as of this time: RFC 3339 (2026-11-23T12:00:00Z) or YYYY-MM-DD (UTC)
+    #[arg(long, global = true, value_name = "TIME")]
+    pub now: Option<String>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print tagged addresses
+    Sign(SignArgs),
+    /// Check tags: print the original address of each valid one
+    Verify(VerifyArgs),
+    /// Print addresses without their tag (no check)
+    Strip(StripArgs),
+    /// Manage the signing keys
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Validate or print the configuration
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+/// Sign each ADDRESS with the active key and print it. Addresses that must not be signed
+/// (null sender, already tagged, SRS, tagged local part over 64 octets) are printed
+/// unchanged, with the reason on stderr. With no ADDRESS, read one per line from stdin.
+/// If the keys directory exists but holds no key, a first key is created (with a notice
+/// on stderr).
+#[derive(Debug, Args)]
+pub struct SignArgs {
+    /// Tag scheme [default: scheme from the config, else native]
+    #[arg(long, value_name = "SCHEME")]
+    pub scheme: Option<Scheme>,
+    /// Sign with this key id (0-9) instead of the active key
+    #[arg(long, value_name = "ID")]
+    pub key: Option<String>,
+    /// Addresses to sign (local@domain; a quoted local part is allowed)
+    #[arg(value_name = "ADDRESS")]
+    pub addresses: Vec<String>,
+}
+
+/// Verify each ADDRESS: print its original (untagged) address on stdout if the tag is
+/// valid; otherwise print the reason (untagged, malformed, unknown-key, bad-signature,
+/// expired) on stderr. Exit 0 if all are valid, 1 if not, 65 if one is not an address at
+/// all. With no ADDRESS, read one per line from stdin.
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// Print one JSON object per address on stdout instead
+    #[arg(long)]
+    pub json: bool,
+    /// Addresses to verify
+    #[arg(value_name = "ADDRESS")]
+    pub addresses: Vec<String>,
+}
+
+/// Print each ADDRESS without its tag, without checking the tag. Untagged addresses are
+/// printed unchanged. With no ADDRESS, read one per line from stdin.
+#[derive(Debug, Args)]
+pub struct StripArgs {
+    /// Addresses to strip
+    #[arg(value_name = "ADDRESS")]
+    pub addresses: Vec<String>,
+}
+
+/// Create, rotate, activate and retire keys. A key has an id 0-9 (the tag's K digit) and a
+/// state: standby (verifies, does not sign), active (the one signing key) or retired
+/// (verifies until its last tag can have expired). Fleet rotation in two phases: `add
+/// --standby` on every host, then `activate ID` on every host.
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Create the keys directory and a first active key, unless keys exist
+    Init,
+    /// List keys: id, state, times, fingerprint (never the secret)
+    List,
+    /// Add a new key and make it active (the previous active key is retired)
+    Add {
+        /// Add it in standby instead: it verifies but does not sign until activated
+        #[arg(long)]
+        standby: bool,
+    },
+    /// Make key ID the signing key; the previously active key is retired
+    Activate {
+        #[arg(value_name = "ID")]
+        id: String,
+    },
+    /// Add a new key and activate it in one step (single host)
+    Rotate,
+    /// Retire a standby key (to retire the active key, activate another)
+    Retire {
+        #[arg(value_name = "ID")]
+        id: String,
+    },
+    /// Delete keys retired more than 32 days ago
+    Prune,
+    /// Import a secret (1-64 bytes, one trailing newline stripped) as standby key ID
+    #[command(group = clap::ArgGroup::new("source").required(true))]
+    Import {
+        #[arg(value_name = "ID")]
+        id: String,
+        /// Read the secret from this file
+        #[arg(long, value_name = "FILE", group = "source")]
+        secret_file: Option<PathBuf>,
+        /// Read the secret from standard input
+        #[arg(long, group = "source")]
+        secret_stdin: bool,
+    },
+    /// Show one key; the secret only with --secret
+    Show {
+        #[arg(value_name = "ID")]
+        id: String,
+        /// Also print the secret
+        #[arg(long)]
+        secret: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Validate the configuration file (exit 78 naming file, line and key if it is wrong)
+    Check,
+    /// Print the effective configuration (file values over defaults) as TOML
+    Show,
+}
+
+/// The clap command tree (for man pages and completions).
+pub fn command() -> clap::Command {
+    <Cli as clap::CommandFactory>::command()
+}

@@ -1,0 +1,357 @@
+//! The CLI commands: each returns a sysexits code; errors are printed once, here, as one
+//! line on stderr. Only `main` turns the code into a process exit.
+
+use std::io::{self, BufRead, Read, Write};
+use std::path::{Path, PathBuf};
+
+use crate::address::{self, AddressError};
+use crate::cli::{Cli, Command, ConfigCommand, KeysCommand, SignArgs, StripArgs, VerifyArgs};
+use crate::config::{self, Config, ConfigError};
+use crate::exit::*;
+use crate::keys::{self, Change, KeyError, KeySet, KeyStore, Secret};
+use crate::tag::{self, Verdict};
+use crate::time;
+
+/// Errors that end a command. Each maps to one sysexits code.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Keys(#[from] KeyError),
+    #[error("{0}")]
+    Usage(String),
+    #[error("{0}")]
+    Data(String),
+    #[error("{0}")]
+    Io(#[from] io::Error),
+}
+
+impl CliError {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CliError::Config(e) => e.exit_code(),
+            CliError::Keys(e) => e.exit_code(),
+            CliError::Usage(_) => EX_USAGE,
+            CliError::Data(_) => EX_DATAERR,
+            CliError::Io(_) => EX_IOERR,
+        }
+    }
+}
+
+/// What every command needs: the effective config, the keys directory and the clock.
+pub struct Context {
+    pub config: Config,
+    pub config_path: PathBuf,
+    pub keys_dir: PathBuf,
+    pub now: i64,
+}
+
+impl Context {
+    pub fn new(cli: &Cli) -> Result<Self, CliError> {
+        let now = match &cli.now {
+            Some(s) => time::parse_now(s).map_err(|e| CliError::Usage(format!("--now: {e}")))?,
+            None => time::system_now(),
+        };
+        let config = Config::load(cli.config.as_deref())?;
+        let config_path = cli.config.clone().unwrap_or_else(config::default_config_path);
+        let keys_dir = cli.keys.clone().or_else(|| config.keys_dir.clone()).unwrap_or_else(config::default_keys_dir);
+        Ok(Context {
+            config,
+            config_path,
+            keys_dir,
+            now,
+        })
+    }
+
+    pub fn today(&self) -> i64 {
+        tag::unix_day(self.now)
+    }
+
+    pub fn store(&self) -> Result<KeyStore, KeyError> {
+        KeyStore::new(&self.keys_dir, self.config.key_group.as_deref())
+    }
+
+    /// Load keys for an interactive command: an existing but empty directory gets a first
+    /// key (the quick start). Daemons use `KeyStore::load` and never do this.
+    fn keys_interactive(&self) -> Result<KeySet, KeyError> {
+        let store = self.store()?;
+        let keys = store.load()?;
+        if !keys.is_empty() {
+            return Ok(keys);
+        }
+        if let Change::Added(id) = store.ensure_first_key(self.now)? {
+            eprintln!("batv: created a first signing key (id {id}) in {}", store.dir().display());
+        }
+        store.load()
+    }
+}
+
+/// Run a parsed command line.
+pub fn run(cli: Cli) -> u8 {
+    let result = Context::new(&cli).and_then(|ctx| match cli.command {
+        Command::Sign(a) => sign(&ctx, a),
+        Command::Verify(a) => verify(&ctx, a),
+        Command::Strip(a) => strip(a),
+        Command::Keys(k) => keys_cmd(&ctx, k),
+        Command::Config(c) => config_cmd(&ctx, c),
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("batv: {e}");
+            e.exit_code()
+        }
+    }
+}
+
+/// Addresses from the arguments, or one per line from stdin if there are none.
+fn inputs(args: Vec<String>) -> Result<Vec<String>, CliError> {
+    if !args.is_empty() {
+        return Ok(args);
+    }
+    let mut out = vec![];
+    for line in io::stdin().lock().lines() {
+        let line = line?;
+        let line = line.trim();
+        if !line.is_empty() {
+            out.push(line.to_string());
+        }
+    }
+    Ok(out)
+}
+
+/// Printable form of arbitrary input for messages (no control characters reach the tty).
+fn shown(s: &str) -> String {
+    format!("{s:?}")
+}
+
+fn sign(ctx: &Context, a: SignArgs) -> Result<u8, CliError> {
+    let scheme = a.scheme.unwrap_or(ctx.config.scheme);
+    let addrs = inputs(a.addresses)?;
+    let keys = ctx.keys_interactive()?;
+    let key = match a.key.as_deref() {
+        Some(id) => {
+            let id = keys::parse_id(id)?;
+            keys.key(id).ok_or(KeyError::UnknownKey(id))?
+        }
+        None => keys.active().ok_or(KeyError::NoActiveKey)?,
+    };
+    let ddd = tag::day_stamp(ctx.today(), ctx.config.lifetime_days);
+    let mut out = io::stdout().lock();
+    let mut code = EX_OK;
+    for s in &addrs {
+        if s.is_empty() || s == "<>" {
+            writeln!(out, "{s}")?;
+            eprintln!("batv: {}: not signed ({})", shown(s), tag::Skip::NullSender.name());
+            continue;
+        }
+        let addr = match address::parse(s) {
+            Ok(addr) => addr,
+            Err(e) => {
+                eprintln!("batv: {}: invalid address: {e}", shown(s));
+                code = EX_DATAERR;
+                continue;
+            }
+        };
+        if let Some(skip) = tag::structural_skip(&addr, scheme) {
+            writeln!(out, "{s}")?;
+            eprintln!("batv: {}: not signed ({})", shown(s), skip.name());
+            continue;
+        }
+        match tag::sign(&key.tag, key.info.id, scheme, &addr, ddd) {
+            Ok(signed) => writeln!(out, "{signed}")?,
+            Err(e) => {
+                eprintln!("batv: {}: invalid address: {e}", shown(s));
+                code = EX_DATAERR;
+            }
+        }
+    }
+    out.flush()?;
+    Ok(code)
+}
+
+fn verify(ctx: &Context, a: VerifyArgs) -> Result<u8, CliError> {
+    let addrs = inputs(a.addresses)?;
+    let keys = ctx.keys_interactive()?;
+    let today = ctx.today();
+    let mut out = io::stdout().lock();
+    let mut code = EX_OK;
+    for s in &addrs {
+        let verdict = tag::verify(s, today, |id| keys.get(id));
+        if a.json {
+            writeln!(out, "{}", verdict_json(s, &verdict, today))?;
+        }
+        match &verdict {
+            Ok(Verdict::Valid(c)) => {
+                if !a.json {
+                    writeln!(out, "{}", c.original)?;
+                }
+            }
+            Ok(v) => {
+                code = code.max(EX_INVALID);
+                if !a.json {
+                    let detail = match v {
+                        Verdict::Malformed(why) => format!(": {why}"),
+                        Verdict::UnknownKey(k) => format!(": no key {k}"),
+                        Verdict::Expired(c) => format!(": {} day(s) ago", -c.days_left),
+                        _ => String::new(),
+                    };
+                    eprintln!("batv: {}: {}{detail}", shown(s), v.reason());
+                }
+            }
+            Err(e) => {
+                code = EX_DATAERR;
+                if !a.json {
+                    eprintln!("batv: {}: malformed: invalid address: {e}", shown(s));
+                }
+            }
+        }
+    }
+    out.flush()?;
+    Ok(code)
+}
+
+fn verdict_json(s: &str, v: &Result<Verdict<'_>, AddressError>, today: i64) -> serde_json::Value {
+    use serde_json::json;
+    match v {
+        Err(e) => json!({"address": s, "valid": false, "reason": "malformed", "detail": format!("invalid address: {e}")}),
+        Ok(v) => {
+            let mut j = json!({"address": s, "valid": v.is_valid(), "reason": v.reason()});
+            match v {
+                Verdict::Malformed(why) => j["detail"] = json!(why),
+                Verdict::UnknownKey(k) => j["key"] = json!(k),
+                Verdict::Valid(c) | Verdict::Expired(c) => {
+                    j["original"] = json!(c.original);
+                    j["key"] = json!(c.key_id);
+                    j["scheme"] = json!(c.scheme.name());
+                    j["expires"] = json!(time::format_day(today + c.days_left as i64));
+                    j["days_left"] = json!(c.days_left);
+                }
+                _ => {}
+            }
+            j
+        }
+    }
+}
+
+fn strip(a: StripArgs) -> Result<u8, CliError> {
+    let mut out = io::stdout().lock();
+    let mut code = EX_OK;
+    for s in &inputs(a.addresses)? {
+        match tag::strip(s) {
+            Ok(stripped) => writeln!(out, "{stripped}")?,
+            Err(e) => {
+                eprintln!("batv: {}: invalid address: {e}", shown(s));
+                code = EX_DATAERR;
+            }
+        }
+    }
+    out.flush()?;
+    Ok(code)
+}
+
+fn keys_cmd(ctx: &Context, cmd: KeysCommand) -> Result<u8, CliError> {
+    let store = ctx.store()?;
+    let now = ctx.now;
+    let change = match cmd {
+        KeysCommand::Init => store.init(now)?,
+        KeysCommand::List => return keys_list(&store, now),
+        KeysCommand::Add { standby } => store.add(standby, now)?,
+        KeysCommand::Activate { id } => store.activate(keys::parse_id(&id)?, now)?,
+        KeysCommand::Rotate => store.rotate(now)?,
+        KeysCommand::Retire { id } => store.retire(keys::parse_id(&id)?, now)?,
+        KeysCommand::Prune => store.prune(now)?,
+        KeysCommand::Import { id, secret_file, secret_stdin } => {
+            let id = keys::parse_id(&id)?;
+            let bytes = read_secret_input(secret_file.as_deref(), secret_stdin)?;
+            let secret = Secret::from_file_bytes(bytes).map_err(|e| CliError::Data(format!("import: {e}")))?;
+            store.import(id, secret, now)?
+        }
+        KeysCommand::Show { id, secret } => return keys_show(&store, keys::parse_id(&id)?, secret, now),
+    };
+    println!("{}", describe_change(&change, store.dir()));
+    Ok(EX_OK)
+}
+
+fn read_secret_input(file: Option<&Path>, stdin: bool) -> Result<Vec<u8>, CliError> {
+    let mut bytes = vec![];
+    let limit = (keys::MAX_SECRET_LEN + 2) as u64;
+    match file {
+        Some(f) => std::fs::File::open(f)
+            .and_then(|h| h.take(limit).read_to_end(&mut bytes))
+            .map_err(|e| CliError::Data(format!("{}: {e}", f.display())))?,
+        None if stdin => io::stdin().lock().take(limit).read_to_end(&mut bytes)?,
+        None => return Err(CliError::Usage("import needs --secret-file FILE or --secret-stdin".into())),
+    };
+    Ok(bytes)
+}
+
+fn describe_change(c: &Change, dir: &Path) -> String {
+    let retired = |r: &Option<u8>| r.map(|r| format!("; key {r} retired")).unwrap_or_default();
+    match c {
+        Change::Added(id) => format!("added key {id} in {}", dir.display()),
+        Change::Activated { id, retired: r } => format!("key {id} is now active{}", retired(r)),
+        Change::Rotated { new, retired: r } => format!("added key {new}, now active{}", retired(r)),
+        Change::Retired(id) => format!("key {id} retired"),
+        Change::Pruned(ids) if ids.is_empty() => "nothing to prune".to_string(),
+        Change::Pruned(ids) => format!("pruned key(s) {}", ids.iter().map(u8::to_string).collect::<Vec<_>>().join(", ")),
+        Change::Imported(id) => format!("imported key {id} (standby; activate it with `batv keys activate {id}`)"),
+        Change::Unchanged(why) => format!("unchanged: {why}"),
+    }
+}
+
+fn opt_time(t: Option<i64>) -> String {
+    t.map_or_else(|| "-".to_string(), time::format_rfc3339)
+}
+
+fn keys_list(store: &KeyStore, now: i64) -> Result<u8, CliError> {
+    let keys = store.load()?;
+    let mut out = io::stdout().lock();
+    writeln!(out, "{:<3} {:<18} {:<21} {:<21} {:<21} FINGERPRINT", "ID", "STATE", "CREATED", "ACTIVATED", "RETIRED")?;
+    for k in keys.iter() {
+        let i = &k.info;
+        let state = if i.prunable(now) { "retired (prunable)" } else { i.state.name() };
+        writeln!(out, "{:<3} {:<18} {:<21} {:<21} {:<21} {}", i.id, state, time::format_rfc3339(i.created), opt_time(i.activated), opt_time(i.retired), i.fingerprint)?;
+    }
+    Ok(EX_OK)
+}
+
+fn keys_show(store: &KeyStore, id: u8, secret: bool, now: i64) -> Result<u8, CliError> {
+    let keys = store.load()?;
+    let k = keys.key(id).ok_or(KeyError::UnknownKey(id))?;
+    let i = &k.info;
+    let mut out = io::stdout().lock();
+    writeln!(out, "id: {}", i.id)?;
+    writeln!(out, "state: {}{}", i.state.name(), if i.prunable(now) { " (prunable)" } else { "" })?;
+    writeln!(out, "created: {}", time::format_rfc3339(i.created))?;
+    writeln!(out, "activated: {}", opt_time(i.activated))?;
+    writeln!(out, "retired: {}", opt_time(i.retired))?;
+    writeln!(out, "fingerprint: {}", i.fingerprint)?;
+    if secret {
+        out.write_all(b"secret: ")?;
+        out.write_all(k.secret.expose())?;
+        out.write_all(b"\n")?;
+    }
+    Ok(EX_OK)
+}
+
+fn config_cmd(ctx: &Context, cmd: ConfigCommand) -> Result<u8, CliError> {
+    match cmd {
+        ConfigCommand::Check => {
+            // Config::load already validated the file; the key group must exist too.
+            ctx.store()?;
+            if ctx.config_path.exists() {
+                println!("{}: OK", ctx.config_path.display());
+            } else {
+                println!("{}: not found; the defaults apply", ctx.config_path.display());
+            }
+        }
+        ConfigCommand::Show => {
+            let mut c = ctx.config.clone();
+            c.keys_dir = Some(ctx.keys_dir.clone());
+            print!("{}", c.to_toml());
+        }
+    }
+    Ok(EX_OK)
+}

@@ -1,0 +1,444 @@
+//! The configuration file (`batv.toml`, DESIGN §9). Unknown keys and bad values are errors
+//! naming the file, line and key; every value is checked while it is read.
+
+use std::num::NonZeroU32;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+use crate::address::DomainSet;
+use crate::tag::{Scheme, DEFAULT_LIFETIME, MAX_LIFETIME, MIN_LIFETIME};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}:{detail}")]
+    Invalid { path: PathBuf, detail: String },
+}
+
+impl ConfigError {
+    pub fn exit_code(&self) -> u8 {
+        crate::exit::EX_CONFIG
+    }
+}
+
+/// "line N: message" for a TOML error (its span points at the offending key or value).
+pub fn describe_toml_error(text: &str, e: &toml::de::Error) -> String {
+    let msg = e.message().trim_end();
+    match e.span() {
+        Some(span) => {
+            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+            let key = text.get(span.clone()).map(str::trim).filter(|k| !k.is_empty() && k.len() <= 60 && !k.contains('\n'));
+            match key {
+                Some(k) => format!("{line}: {k}: {msg}"),
+                None => format!("{line}: {msg}"),
+            }
+        }
+        None => format!(" {msg}"),
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnError {
+    /// Send unsigned, warn on stderr and syslog.
+    Pass,
+    /// Exit 75 so the caller retries.
+    Tempfail,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ProxyMode {
+    BeforeQueue,
+    Front,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RejectAt {
+    Data,
+    Rcpt,
+}
+
+/// The effective configuration: file values over defaults.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Keys directory. Relative paths are taken from the config file's directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keys_dir: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_group: Option<String>,
+    #[serde(default = "default_scheme")]
+    pub scheme: Scheme,
+    #[serde(default = "default_lifetime", deserialize_with = "lifetime")]
+    pub lifetime_days: u16,
+    #[serde(default, deserialize_with = "domains")]
+    pub sign_domains: Vec<String>,
+    /// Default: sign_domains.
+    #[serde(default, deserialize_with = "domains_opt", skip_serializing_if = "Option::is_none")]
+    pub protected_domains: Option<Vec<String>>,
+    #[serde(default)]
+    pub sendmail: SendmailConfig,
+    #[serde(default)]
+    pub proxy: ProxyConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SendmailConfig {
+    #[serde(default = "default_sendmail_path")]
+    pub path: PathBuf,
+    #[serde(default, deserialize_with = "domain_opt", skip_serializing_if = "Option::is_none")]
+    pub default_domain: Option<String>,
+    #[serde(default, deserialize_with = "exempt_list")]
+    pub exempt_recipients: Vec<String>,
+    #[serde(default = "default_on_error")]
+    pub on_error: OnError,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyConfig {
+    #[serde(default = "default_mode")]
+    pub mode: ProxyMode,
+    #[serde(default = "default_listen")]
+    pub listen: std::net::SocketAddr,
+    #[serde(default = "default_forward")]
+    pub forward: std::net::SocketAddr,
+    #[serde(default = "default_reject_at")]
+    pub reject_at: RejectAt,
+    #[serde(default = "yes")]
+    pub enforce: bool,
+    #[serde(default, deserialize_with = "date_opt", skip_serializing_if = "Option::is_none")]
+    pub enforce_after: Option<String>,
+    #[serde(default, deserialize_with = "nets")]
+    pub trusted_relays: Vec<String>,
+    #[serde(default = "default_max_connections")]
+    pub max_connections: NonZeroU32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
+}
+
+fn default_scheme() -> Scheme {
+    Scheme::Native
+}
+fn default_lifetime() -> u16 {
+    DEFAULT_LIFETIME
+}
+fn default_sendmail_path() -> PathBuf {
+    PathBuf::from("/usr/sbin/sendmail.real")
+}
+fn default_on_error() -> OnError {
+    OnError::Pass
+}
+fn default_mode() -> ProxyMode {
+    ProxyMode::BeforeQueue
+}
+fn default_listen() -> std::net::SocketAddr {
+    std::net::SocketAddr::from(([127, 0, 0, 1], 10025))
+}
+fn default_forward() -> std::net::SocketAddr {
+    std::net::SocketAddr::from(([127, 0, 0, 1], 10026))
+}
+fn default_reject_at() -> RejectAt {
+    RejectAt::Data
+}
+fn yes() -> bool {
+    true
+}
+fn default_max_connections() -> NonZeroU32 {
+    NonZeroU32::new(1000).unwrap_or(NonZeroU32::MIN)
+}
+
+impl Default for SendmailConfig {
+    fn default() -> Self {
+        SendmailConfig {
+            path: default_sendmail_path(),
+            default_domain: None,
+            exempt_recipients: vec![],
+            on_error: default_on_error(),
+        }
+    }
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig {
+            mode: default_mode(),
+            listen: default_listen(),
+            forward: default_forward(),
+            reject_at: default_reject_at(),
+            enforce: true,
+            enforce_after: None,
+            trusted_relays: vec![],
+            max_connections: default_max_connections(),
+            tls_cert: None,
+            tls_key: None,
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            keys_dir: None,
+            key_group: None,
+            scheme: default_scheme(),
+            lifetime_days: DEFAULT_LIFETIME,
+            sign_domains: vec![],
+            protected_domains: None,
+            sendmail: SendmailConfig::default(),
+            proxy: ProxyConfig::default(),
+        }
+    }
+}
+
+fn lifetime<'de, D: Deserializer<'de>>(d: D) -> Result<u16, D::Error> {
+    let v = i64::deserialize(d)?;
+    if (MIN_LIFETIME as i64..=MAX_LIFETIME as i64).contains(&v) {
+        Ok(v as u16)
+    } else {
+        Err(serde::de::Error::custom(format!("lifetime_days must be {MIN_LIFETIME} to {MAX_LIFETIME}, got {v}")))
+    }
+}
+
+fn check_domain<E: serde::de::Error>(d: &str) -> Result<(), E> {
+    DomainSet::new([d]).map(|_| ()).map_err(|e| E::custom(format!("{d:?}: {e}")))
+}
+
+fn domains<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    let v = Vec::<String>::deserialize(d)?;
+    v.iter().try_for_each(|s| check_domain::<D::Error>(s))?;
+    Ok(v)
+}
+
+fn domains_opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
+    domains(d).map(Some)
+}
+
+fn domain_opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let s = String::deserialize(d)?;
+    if s.starts_with('.') {
+        return Err(serde::de::Error::custom(format!("{s:?}: a domain name, not a suffix")));
+    }
+    check_domain::<D::Error>(&s)?;
+    Ok(Some(s))
+}
+
+/// `@domain` (every address there) or a full address.
+fn exempt_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    let v = Vec::<String>::deserialize(d)?;
+    for s in &v {
+        let ok = match s.strip_prefix('@') {
+            Some(domain) => DomainSet::new([domain]).is_ok(),
+            None => crate::address::parse(s).is_ok(),
+        };
+        if !ok {
+            return Err(serde::de::Error::custom(format!("{s:?}: expected an address or @domain")));
+        }
+    }
+    Ok(v)
+}
+
+fn date_opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let s = String::deserialize(d)?;
+    crate::time::parse_now(&s).map_err(serde::de::Error::custom)?;
+    Ok(Some(s))
+}
+
+fn nets<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    let v = Vec::<String>::deserialize(d)?;
+    for s in &v {
+        IpNet::parse(s).map_err(serde::de::Error::custom)?;
+    }
+    Ok(v)
+}
+
+/// An IP address or CIDR network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpNet {
+    addr: std::net::IpAddr,
+    prefix: u8,
+}
+
+impl IpNet {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let bad = || format!("{s:?}: expected an IP address or network (192.0.2.0/24, 2001:db8::/32)");
+        let (ip, prefix) = match s.split_once('/') {
+            Some((ip, p)) => (ip, Some(p.parse::<u8>().map_err(|_| bad())?)),
+            None => (s, None),
+        };
+        let addr: std::net::IpAddr = ip.parse().map_err(|_| bad())?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = prefix.unwrap_or(max);
+        if prefix > max {
+            return Err(bad());
+        }
+        Ok(IpNet { addr, prefix })
+    }
+
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        let ip = match ip {
+            std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, std::net::IpAddr::V4),
+            v4 => v4,
+        };
+        let (a, b, bits) = match (self.addr, ip) {
+            (std::net::IpAddr::V4(a), std::net::IpAddr::V4(b)) => (u32::from(a) as u128, u32::from(b) as u128, 32),
+            (std::net::IpAddr::V6(a), std::net::IpAddr::V6(b)) => (u128::from(a), u128::from(b), 128),
+            _ => return false,
+        };
+        let shift = bits - self.prefix as u32;
+        shift >= bits || (a >> shift) == (b >> shift)
+    }
+}
+
+/// Where the binary thinks it lives: in a cargo checkout (its `target/` holds us) or
+/// installed. The checkout mode uses `./keys` and `./batv.toml` there.
+fn checkout_dir() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?.canonicalize().ok()?;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).canonicalize().ok()?;
+    exe.starts_with(root.join("target")).then_some(root)
+}
+
+/// Default config file: `batv.toml` in the checkout, or `/etc/batv/batv.toml`.
+pub fn default_config_path() -> PathBuf {
+    match checkout_dir() {
+        Some(root) => root.join("batv.toml"),
+        None => PathBuf::from("/etc/batv/batv.toml"),
+    }
+}
+
+/// Default keys directory: `keys/` in the checkout, or `/etc/batv/keys`.
+pub fn default_keys_dir() -> PathBuf {
+    match checkout_dir() {
+        Some(root) => root.join("keys"),
+        None => PathBuf::from("/etc/batv/keys"),
+    }
+}
+
+impl Config {
+    /// Parse config text. `path` is only for messages and relative paths.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let mut c: Config = toml::from_str(text).map_err(|e| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            detail: describe_toml_error(text, &e),
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        if let Some(k) = c.keys_dir.as_mut() {
+            if k.is_relative() {
+                *k = base.join(&*k);
+            }
+        }
+        let invalid = |detail: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            detail: format!(" {detail}"),
+        };
+        if c.proxy.mode == ProxyMode::Front && c.proxy.tls_cert.is_some() != c.proxy.tls_key.is_some() {
+            return Err(invalid("proxy.tls_cert and proxy.tls_key go together".into()));
+        }
+        Ok(c)
+    }
+
+    /// Load `path`, or the defaults if `path` is the default location and absent.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let (path, explicit) = match path {
+            Some(p) => (p.to_path_buf(), true),
+            None => (default_config_path(), false),
+        };
+        match std::fs::read_to_string(&path) {
+            Ok(text) => Config::parse(&text, &path),
+            Err(e) if !explicit && e.kind() == std::io::ErrorKind::NotFound => Ok(Config::default()),
+            Err(source) => Err(ConfigError::Read { path, source }),
+        }
+    }
+
+    /// Domains whose bounces need a valid tag.
+    pub fn protected(&self) -> &[String] {
+        self.protected_domains.as_deref().unwrap_or(&self.sign_domains)
+    }
+
+    pub fn sign_domain_set(&self) -> DomainSet {
+        DomainSet::new(&self.sign_domains).unwrap_or_default()
+    }
+
+    pub fn protected_domain_set(&self) -> DomainSet {
+        DomainSet::new(self.protected()).unwrap_or_default()
+    }
+
+    /// The effective configuration as TOML (`config show`).
+    pub fn to_toml(&self) -> String {
+        let mut shown = self.clone();
+        shown.protected_domains = Some(self.protected().to_vec());
+        toml::to_string(&shown).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, String> {
+        Config::parse(text, Path::new("/etc/batv/batv.toml")).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn defaults() {
+        let c = parse("").unwrap();
+        assert_eq!(c.scheme, Scheme::Native);
+        assert_eq!(c.lifetime_days, 7);
+        assert_eq!(c.proxy.mode, ProxyMode::BeforeQueue);
+    }
+
+    #[test]
+    fn full_example() {
+        let c = parse(
+            r#"keys_dir = "keys"
+scheme = "prvs"
+lifetime_days = 14
+sign_domains = ["example.com", ".example.org"]
+[sendmail]
+path = "/usr/sbin/sendmail.real"
+default_domain = "example.com"
+exempt_recipients = ["@lists.example.org", "announce@example.net"]
+on_error = "tempfail"
+[proxy]
+mode = "front"
+listen = "[::1]:25"
+trusted_relays = ["192.0.2.10", "2001:db8::/32"]
+enforce_after = "2026-12-01"
+"#,
+        )
+        .unwrap();
+        assert_eq!(c.keys_dir.as_deref(), Some(Path::new("/etc/batv/keys")));
+        assert_eq!(c.protected(), ["example.com", ".example.org"]);
+        assert_eq!(c.sendmail.on_error, OnError::Tempfail);
+    }
+
+    #[test]
+    fn errors_name_line_and_key() {
+        let e = parse("scheme = \"native\"\nbogus = 1\n").unwrap_err();
+        assert!(e.starts_with("/etc/batv/batv.toml:2: bogus"), "{e}");
+        let e = parse("\n\nlifetime_days = 45\n").unwrap_err();
+        assert!(e.contains(":3:") && e.contains("7 to 30"), "{e}");
+        let e = parse("[proxy]\nmode = \"sideways\"\n").unwrap_err();
+        assert!(e.contains(":2:") && e.contains("sideways"), "{e}");
+        let e = parse("sign_domains = [\"exa mple.com\"]").unwrap_err();
+        assert!(e.contains(":1:"), "{e}");
+        assert!(parse("scheme = ").is_err());
+    }
+
+    #[test]
+    fn ip_nets() {
+        let n = IpNet::parse("192.0.2.0/24").unwrap();
+        assert!(n.contains("192.0.2.77".parse().unwrap()));
+        assert!(n.contains("::ffff:192.0.2.1".parse().unwrap()));
+        assert!(!n.contains("192.0.3.1".parse().unwrap()));
+        assert!(IpNet::parse("192.0.2.0/33").is_err());
+        assert!(IpNet::parse("2001:db8::/32").unwrap().contains("2001:db8::1".parse().unwrap()));
+    }
+}

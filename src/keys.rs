@@ -1,0 +1,654 @@
+//! The key store: a directory with a manifest (`manifest.toml`: ids, states, times) and one
+//! secret file per key (`key-N.secret`).
+//!
+//! Writers take an exclusive lock (`.lock`), write every file to a temporary name, fsync it,
+//! rename it into place and fsync the directory. States live only in the manifest, so one
+//! rename switches them: a reader sees the old set or the new one, never zero or two active
+//! keys. New secrets are written before the manifest names them, and pruned secrets are
+//! deleted after it stops naming them. Loading never writes (the directory may be a
+//! read-only mount) and is all or nothing.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::Digest;
+
+use crate::tag::TagKey;
+use crate::time;
+
+pub const MANIFEST: &str = "manifest.toml";
+const LOCK: &str = ".lock";
+/// Retired keys are kept this long: the longest a tag can stay valid (31 days ahead plus
+/// a day of grace).
+pub const PRUNE_AFTER_DAYS: i64 = 32;
+pub const MAX_SECRET_LEN: usize = 64;
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("keys directory {0} does not exist (create it with `batv keys init`)")]
+    MissingDir(PathBuf),
+    #[error("{0} is not a directory")]
+    NotADir(PathBuf),
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("{path}: corrupt key store: {reason}")]
+    Corrupt { path: PathBuf, reason: String },
+    #[error("{path}: key file is accessible to everyone (mode {mode:04o}); run `chmod 600 {path}` (or 640 with key_group)")]
+    WorldAccessible { path: PathBuf, mode: u32 },
+    #[error("{0}: empty secret")]
+    EmptySecret(PathBuf),
+    #[error("secret must be 1 to {MAX_SECRET_LEN} bytes, got {0}")]
+    BadSecretLength(usize),
+    #[error("no key with id {0}")]
+    UnknownKey(u8),
+    #[error("key id must be a digit 0-9, got {0:?}")]
+    BadId(String),
+    #[error("no active key (activate one with `batv keys activate ID`, or `batv keys init`)")]
+    NoActiveKey,
+    #[error("all ten key ids are in use; prune retired keys first (`batv keys prune`)")]
+    NoFreeId,
+    #[error("key id {0} is in use; an id is reused only after `batv keys prune` removed it")]
+    IdInUse(u8),
+    #[error("key {0} is the active key; activate another key first (or use `batv keys rotate`)")]
+    RetireActive(u8),
+    #[error("unknown group {0:?} (key_group)")]
+    UnknownGroup(String),
+}
+
+impl KeyError {
+    fn io(path: &Path, source: io::Error) -> Self {
+        KeyError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+
+    /// sysexits code for this error.
+    pub fn exit_code(&self) -> u8 {
+        use crate::exit::*;
+        match self {
+            KeyError::Io { .. } => EX_IOERR,
+            KeyError::BadSecretLength(_) | KeyError::UnknownKey(_) | KeyError::BadId(_) | KeyError::IdInUse(_) | KeyError::RetireActive(_) => EX_DATAERR,
+            KeyError::NoFreeId => EX_TEMPFAIL,
+            _ => EX_CONFIG,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    /// Verifies, does not sign.
+    Standby,
+    /// The one signing key.
+    Active,
+    /// Verifies until its last tag can have expired; then prunable.
+    Retired,
+}
+
+impl State {
+    pub fn name(self) -> &'static str {
+        match self {
+            State::Standby => "standby",
+            State::Active => "active",
+            State::Retired => "retired",
+        }
+    }
+}
+
+/// Public facts about a key (no secret).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyInfo {
+    pub id: u8,
+    pub state: State,
+    #[serde(with = "time::rfc3339")]
+    pub created: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "time::rfc3339_opt")]
+    pub activated: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "time::rfc3339_opt")]
+    pub retired: Option<i64>,
+    /// First 8 bytes of SHA-256 of the secret, hex: tells truncated or swapped secret
+    /// files apart, and lets a fleet compare keys without showing them.
+    pub fingerprint: String,
+}
+
+impl KeyInfo {
+    /// Retired long enough that no tag of this key can still be valid.
+    pub fn prunable(&self, now: i64) -> bool {
+        self.state == State::Retired && self.retired.is_some_and(|r| now - r > PRUNE_AFTER_DAYS * 86_400)
+    }
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Manifest {
+    version: u32,
+    /// Number of keys: a manifest cut short between entries still parses, this catches it.
+    count: usize,
+    #[serde(default, rename = "key")]
+    keys: Vec<KeyInfo>,
+}
+
+const MANIFEST_HEADER: &str = "# batv key manifest: ids, states and times (no secrets; those are in key-N.secret).\n\
+# Written by `batv keys`; edit only with the tool, or keep count and fingerprints right.\n";
+
+/// A secret. Never printed by Debug.
+#[derive(Clone)]
+pub struct Secret(Vec<u8>);
+
+impl Secret {
+    pub fn new(bytes: Vec<u8>) -> Result<Self, KeyError> {
+        if bytes.is_empty() || bytes.len() > MAX_SECRET_LEN {
+            return Err(KeyError::BadSecretLength(bytes.len()));
+        }
+        Ok(Secret(bytes))
+    }
+
+    /// 32 random bytes as 64 lower-case hex characters (the string is the HMAC key, so the
+    /// same text works as an Exim secret).
+    pub fn generate() -> Result<Self, KeyError> {
+        let mut raw = [0u8; 32];
+        getrandom::fill(&mut raw).map_err(|e| KeyError::io(Path::new("getrandom"), io::Error::other(e.to_string())))?;
+        let hex: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+        Ok(Secret(hex.into_bytes()))
+    }
+
+    /// Parse the content of a secret file or of `import` input: one trailing LF is stripped.
+    pub fn from_file_bytes(mut bytes: Vec<u8>) -> Result<Self, KeyError> {
+        if bytes.last() == Some(&b'\n') {
+            bytes.pop();
+        }
+        Secret::new(bytes)
+    }
+
+    pub fn expose(&self) -> &[u8] {
+        &self.0
+    }
+
+    pub fn fingerprint(&self) -> String {
+        sha2::Sha256::digest(&self.0)[..8].iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+/// A loaded key.
+#[derive(Debug, Clone)]
+pub struct Key {
+    pub info: KeyInfo,
+    pub secret: Secret,
+    pub tag: TagKey,
+}
+
+/// A complete, consistent key set: at most one active key.
+#[derive(Debug, Clone, Default)]
+pub struct KeySet {
+    keys: [Option<Key>; 10],
+}
+
+impl KeySet {
+    /// Key material for verification (any state).
+    pub fn get(&self, id: u8) -> Option<&TagKey> {
+        self.keys.get(id as usize)?.as_ref().map(|k| &k.tag)
+    }
+
+    pub fn key(&self, id: u8) -> Option<&Key> {
+        self.keys.get(id as usize)?.as_ref()
+    }
+
+    pub fn active(&self) -> Option<&Key> {
+        self.iter().find(|k| k.info.state == State::Active)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Key> {
+        self.keys.iter().flatten()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.iter().next().is_none()
+    }
+
+    /// Build from keys (used by load and by tests).
+    pub fn from_keys(keys: Vec<Key>) -> Result<Self, String> {
+        let mut set = KeySet::default();
+        for k in keys {
+            let slot = set.keys.get_mut(k.info.id as usize).ok_or_else(|| format!("key id {} is not a digit", k.info.id))?;
+            if slot.is_some() {
+                return Err(format!("key id {} listed twice", k.info.id));
+            }
+            *slot = Some(k);
+        }
+        if set.iter().filter(|k| k.info.state == State::Active).count() > 1 {
+            return Err("more than one active key".into());
+        }
+        Ok(set)
+    }
+}
+
+/// Parse a key id argument.
+pub fn parse_id(s: &str) -> Result<u8, KeyError> {
+    match s.as_bytes() {
+        [d @ b'0'..=b'9'] => Ok(d - b'0'),
+        _ => Err(KeyError::BadId(s.to_string())),
+    }
+}
+
+/// The keys directory and how to write it.
+#[derive(Debug, Clone)]
+pub struct KeyStore {
+    dir: PathBuf,
+    /// Group allowed to read key files (mode 0640), from `key_group`.
+    group: Option<(String, u32)>,
+}
+
+/// What a change did, for the CLI to report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    Added(u8),
+    Activated { id: u8, retired: Option<u8> },
+    Rotated { new: u8, retired: Option<u8> },
+    Retired(u8),
+    Pruned(Vec<u8>),
+    Imported(u8),
+    Unchanged(String),
+}
+
+impl KeyStore {
+    /// `group` is the configured `key_group`, resolved to a gid here.
+    pub fn new(dir: impl Into<PathBuf>, group: Option<&str>) -> Result<Self, KeyError> {
+        let group = match group {
+            Some(name) => Some((name.to_string(), lookup_group(name)?)),
+            None => None,
+        };
+        Ok(KeyStore { dir: dir.into(), group })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    fn secret_name(id: u8) -> String {
+        format!("key-{id}.secret")
+    }
+
+    fn check_dir(&self) -> Result<(), KeyError> {
+        match fs::metadata(&self.dir) {
+            Ok(m) if m.is_dir() => Ok(()),
+            Ok(_) => Err(KeyError::NotADir(self.dir.clone())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(KeyError::MissingDir(self.dir.clone())),
+            Err(e) => Err(KeyError::io(&self.dir, e)),
+        }
+    }
+
+    /// Load the whole key set, or fail and change nothing.
+    pub fn load(&self) -> Result<KeySet, KeyError> {
+        self.check_dir()?;
+        // A writer may prune between our reading the manifest and a secret: read again.
+        let mut attempt = 0;
+        loop {
+            let manifest = self.read_manifest()?;
+            match self.load_secrets(&manifest) {
+                Err(KeyError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound && attempt < 2 && self.read_manifest()?.keys != manifest.keys => {
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn load_secrets(&self, manifest: &Manifest) -> Result<KeySet, KeyError> {
+        let mut keys = Vec::with_capacity(manifest.keys.len());
+        for info in &manifest.keys {
+            let path = self.path(&Self::secret_name(info.id));
+            let secret = read_secret_file(&path)?;
+            if secret.fingerprint() != info.fingerprint {
+                return Err(KeyError::Corrupt {
+                    path,
+                    reason: format!("secret does not match the manifest's fingerprint for key {} (truncated or replaced?)", info.id),
+                });
+            }
+            keys.push(Key {
+                tag: TagKey::new(secret.expose()),
+                secret,
+                info: info.clone(),
+            });
+        }
+        KeySet::from_keys(keys).map_err(|reason| KeyError::Corrupt {
+            path: self.path(MANIFEST),
+            reason,
+        })
+    }
+
+    fn read_manifest(&self) -> Result<Manifest, KeyError> {
+        let path = self.path(MANIFEST);
+        let text = match fs::read(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                // No manifest: an empty store, unless secrets lie about without one.
+                if self.has_secret_files()? {
+                    return Err(KeyError::Corrupt {
+                        path,
+                        reason: "secret files but no manifest".into(),
+                    });
+                }
+                return Ok(Manifest {
+                    version: 1,
+                    ..Manifest::default()
+                });
+            }
+            Err(e) => return Err(KeyError::io(&path, e)),
+        };
+        let corrupt = |reason: String| KeyError::Corrupt { path: path.clone(), reason };
+        let text = String::from_utf8(text).map_err(|_| corrupt("not UTF-8".into()))?;
+        let m: Manifest = toml::from_str(&text).map_err(|e| corrupt(crate::config::describe_toml_error(&text, &e)))?;
+        if m.version != 1 {
+            return Err(corrupt(format!("unsupported manifest version {}", m.version)));
+        }
+        if m.count != m.keys.len() {
+            return Err(corrupt(format!("manifest names {} keys but says count = {} (truncated?)", m.keys.len(), m.count)));
+        }
+        if let Some(k) = m.keys.iter().find(|k| k.id > 9) {
+            return Err(corrupt(format!("key id {} is not a digit", k.id)));
+        }
+        Ok(m)
+    }
+
+    fn has_secret_files(&self) -> Result<bool, KeyError> {
+        let rd = fs::read_dir(&self.dir).map_err(|e| KeyError::io(&self.dir, e))?;
+        Ok(rd.flatten().any(|e| {
+            let n = e.file_name();
+            let n = n.to_string_lossy();
+            n.starts_with("key-") && n.ends_with(".secret")
+        }))
+    }
+
+    /// Take the writers' lock for the lifetime of the returned file.
+    fn lock(&self) -> Result<File, KeyError> {
+        let path = self.path(LOCK);
+        let f = OpenOptions::new().read(true).write(true).create(true).truncate(false).mode(0o600).open(&path).map_err(|e| KeyError::io(&path, e))?;
+        // SAFETY: flock on a valid fd we own.
+        if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&f), libc::LOCK_EX) } != 0 {
+            return Err(KeyError::io(&path, io::Error::last_os_error()));
+        }
+        Ok(f)
+    }
+
+    fn file_mode(&self) -> u32 {
+        if self.group.is_some() {
+            0o640
+        } else {
+            0o600
+        }
+    }
+
+    /// Write `data` to `name` atomically: temp file, fsync, rename, fsync directory.
+    fn write_atomic(&self, name: &str, data: &[u8]) -> Result<(), KeyError> {
+        let tmp = self.path(&format!(".{name}.tmp.{}", std::process::id()));
+        let result = (|| {
+            let mut f = OpenOptions::new().write(true).create_new(true).mode(self.file_mode()).open(&tmp)?;
+            if let Some((_, gid)) = &self.group {
+                std::os::unix::fs::fchown(&f, None, Some(*gid))?;
+            }
+            // The umask may have cleared bits we want (0640).
+            f.set_permissions(fs::Permissions::from_mode(self.file_mode()))?;
+            f.write_all(data)?;
+            f.sync_all()?;
+            fs::rename(&tmp, self.path(name))?;
+            File::open(&self.dir)?.sync_all()
+        })();
+        if let Err(e) = result {
+            let _ = fs::remove_file(&tmp);
+            return Err(KeyError::io(&self.path(name), e));
+        }
+        Ok(())
+    }
+
+    fn write_manifest(&self, mut keys: Vec<KeyInfo>) -> Result<(), KeyError> {
+        keys.sort_by_key(|k| k.id);
+        let m = Manifest {
+            version: 1,
+            count: keys.len(),
+            keys,
+        };
+        let body = toml::to_string(&m).map_err(|e| KeyError::Corrupt {
+            path: self.path(MANIFEST),
+            reason: e.to_string(),
+        })?;
+        self.write_atomic(MANIFEST, format!("{MANIFEST_HEADER}{body}").as_bytes())
+    }
+
+    fn write_secret(&self, id: u8, secret: &Secret) -> Result<(), KeyError> {
+        let mut data = secret.expose().to_vec();
+        data.push(b'\n');
+        self.write_atomic(&Self::secret_name(id), &data)
+    }
+
+    /// Create the directory (0700, or 0750 with key_group) if needed.
+    fn create_dir(&self) -> Result<(), KeyError> {
+        if self.dir.is_dir() {
+            return Ok(());
+        }
+        let mode = if self.group.is_some() { 0o750 } else { 0o700 };
+        fs::DirBuilder::new().recursive(true).mode(mode).create(&self.dir).map_err(|e| KeyError::io(&self.dir, e))?;
+        if let Some((_, gid)) = &self.group {
+            std::os::unix::fs::chown(&self.dir, None, Some(*gid)).map_err(|e| KeyError::io(&self.dir, e))?;
+        }
+        Ok(())
+    }
+
+    /// `keys init`: create the directory and a first active key unless keys exist.
+    pub fn init(&self, now: i64) -> Result<Change, KeyError> {
+        self.create_dir()?;
+        self.ensure_first_key(now)
+    }
+
+    /// Create a first active key if the (existing) directory holds none. Safe against a
+    /// concurrent caller doing the same: the lock makes one of them find the other's key.
+    pub fn ensure_first_key(&self, now: i64) -> Result<Change, KeyError> {
+        self.check_dir()?;
+        let _lock = self.lock()?;
+        let m = self.read_manifest()?;
+        if !m.keys.is_empty() {
+            return Ok(Change::Unchanged(format!("{} already holds {} key(s)", self.dir.display(), m.keys.len())));
+        }
+        let id = 1;
+        let info = self.new_key(id, State::Active, now, Secret::generate()?)?;
+        self.write_manifest(vec![info])?;
+        Ok(Change::Added(id))
+    }
+
+    fn new_key(&self, id: u8, state: State, now: i64, secret: Secret) -> Result<KeyInfo, KeyError> {
+        self.write_secret(id, &secret)?;
+        Ok(KeyInfo {
+            id,
+            state,
+            created: now,
+            activated: (state == State::Active).then_some(now),
+            retired: None,
+            fingerprint: secret.fingerprint(),
+        })
+    }
+
+    /// Under the lock: the manifest, checked against the secrets (so a change is never
+    /// built on a corrupt store).
+    fn locked_manifest(&self) -> Result<(File, Vec<KeyInfo>), KeyError> {
+        self.check_dir()?;
+        let lock = self.lock()?;
+        let m = self.read_manifest()?;
+        self.load_secrets(&m)?;
+        Ok((lock, m.keys))
+    }
+
+    /// The next free id after the newest key's, wrapping; ids still listed are never reused.
+    fn free_id(keys: &[KeyInfo]) -> Result<u8, KeyError> {
+        let last = keys.iter().max_by_key(|k| (k.created, k.id)).map_or(0, |k| k.id);
+        (1..=10).map(|i| (last + i) % 10).find(|id| keys.iter().all(|k| k.id != *id)).ok_or(KeyError::NoFreeId)
+    }
+
+    /// `keys add [--standby]`: a new key; active unless `standby` (activating retires the
+    /// previous active key).
+    pub fn add(&self, standby: bool, now: i64) -> Result<Change, KeyError> {
+        let (_lock, mut keys) = self.locked_manifest()?;
+        let id = Self::free_id(&keys)?;
+        if standby {
+            keys.push(self.new_key(id, State::Standby, now, Secret::generate()?)?);
+            self.write_manifest(keys)?;
+            return Ok(Change::Added(id));
+        }
+        let retired = retire_active(&mut keys, now);
+        keys.push(self.new_key(id, State::Active, now, Secret::generate()?)?);
+        self.write_manifest(keys)?;
+        Ok(Change::Rotated { new: id, retired })
+    }
+
+    /// `keys rotate`: add and activate in one manifest write.
+    pub fn rotate(&self, now: i64) -> Result<Change, KeyError> {
+        self.add(false, now)
+    }
+
+    /// `keys activate ID`: make ID the signing key; the previous one is retired.
+    pub fn activate(&self, id: u8, now: i64) -> Result<Change, KeyError> {
+        let (_lock, mut keys) = self.locked_manifest()?;
+        let state = keys.iter().find(|k| k.id == id).map(|k| k.state).ok_or(KeyError::UnknownKey(id))?;
+        if state == State::Active {
+            return Ok(Change::Unchanged(format!("key {id} is already active")));
+        }
+        let retired = retire_active(&mut keys, now);
+        for k in keys.iter_mut().filter(|k| k.id == id) {
+            k.state = State::Active;
+            k.activated = Some(now);
+            k.retired = None;
+        }
+        self.write_manifest(keys)?;
+        Ok(Change::Activated { id, retired })
+    }
+
+    /// `keys retire ID`.
+    pub fn retire(&self, id: u8, now: i64) -> Result<Change, KeyError> {
+        let (_lock, mut keys) = self.locked_manifest()?;
+        let k = keys.iter_mut().find(|k| k.id == id).ok_or(KeyError::UnknownKey(id))?;
+        match k.state {
+            State::Active => return Err(KeyError::RetireActive(id)),
+            State::Retired => return Ok(Change::Unchanged(format!("key {id} is already retired"))),
+            State::Standby => {
+                k.state = State::Retired;
+                k.retired = Some(now);
+            }
+        }
+        self.write_manifest(keys)?;
+        Ok(Change::Retired(id))
+    }
+
+    /// `keys prune`: forget keys retired more than 32 days ago.
+    pub fn prune(&self, now: i64) -> Result<Change, KeyError> {
+        let (_lock, keys) = self.locked_manifest()?;
+        let (gone, kept): (Vec<KeyInfo>, Vec<KeyInfo>) = keys.into_iter().partition(|k| k.prunable(now));
+        if gone.is_empty() {
+            return Ok(Change::Pruned(vec![]));
+        }
+        self.write_manifest(kept)?;
+        for k in &gone {
+            let path = self.path(&Self::secret_name(k.id));
+            // The manifest no longer names it: a failure here leaves a harmless orphan.
+            fs::remove_file(&path).map_err(|e| KeyError::io(&path, e))?;
+        }
+        File::open(&self.dir).and_then(|d| d.sync_all()).map_err(|e| KeyError::io(&self.dir, e))?;
+        Ok(Change::Pruned(gone.iter().map(|k| k.id).collect()))
+    }
+
+    /// `keys import ID`: add a key with a given secret, in standby.
+    pub fn import(&self, id: u8, secret: Secret, now: i64) -> Result<Change, KeyError> {
+        let (_lock, mut keys) = self.locked_manifest()?;
+        if keys.iter().any(|k| k.id == id) {
+            return Err(KeyError::IdInUse(id));
+        }
+        keys.push(self.new_key(id, State::Standby, now, secret)?);
+        self.write_manifest(keys)?;
+        Ok(Change::Imported(id))
+    }
+}
+
+fn retire_active(keys: &mut [KeyInfo], now: i64) -> Option<u8> {
+    let k = keys.iter_mut().find(|k| k.state == State::Active)?;
+    k.state = State::Retired;
+    k.retired = Some(now);
+    Some(k.id)
+}
+
+/// Read a secret file, refusing one that everyone may read.
+fn read_secret_file(path: &Path) -> Result<Secret, KeyError> {
+    let f = File::open(path).map_err(|e| KeyError::io(path, e))?;
+    let meta = f.metadata().map_err(|e| KeyError::io(path, e))?;
+    let mode = meta.mode() & 0o7777;
+    if mode & 0o007 != 0 {
+        return Err(KeyError::WorldAccessible {
+            path: path.to_path_buf(),
+            mode,
+        });
+    }
+    let mut bytes = Vec::with_capacity(MAX_SECRET_LEN + 1);
+    io::Read::read_to_end(&mut io::Read::take(f, (MAX_SECRET_LEN + 2) as u64), &mut bytes).map_err(|e| KeyError::io(path, e))?;
+    match Secret::from_file_bytes(bytes) {
+        Ok(s) => Ok(s),
+        Err(KeyError::BadSecretLength(0)) => Err(KeyError::EmptySecret(path.to_path_buf())),
+        Err(_) => Err(KeyError::Corrupt {
+            path: path.to_path_buf(),
+            reason: format!("secret longer than {MAX_SECRET_LEN} bytes"),
+        }),
+    }
+}
+
+fn lookup_group(name: &str) -> Result<u32, KeyError> {
+    let cname = std::ffi::CString::new(name).map_err(|_| KeyError::UnknownGroup(name.to_string()))?;
+    let mut grp: libc::group = unsafe { std::mem::zeroed() };
+    let mut buf = vec![0 as libc::c_char; 16 * 1024];
+    let mut result: *mut libc::group = std::ptr::null_mut();
+    // SAFETY: all pointers are valid for the call; buf outlives it.
+    let rc = unsafe { libc::getgrnam_r(cname.as_ptr(), &mut grp, buf.as_mut_ptr(), buf.len(), &mut result) };
+    if rc != 0 || result.is_null() {
+        return Err(KeyError::UnknownGroup(name.to_string()));
+    }
+    Ok(grp.gr_gid)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn free_ids_wrap_and_skip() {
+        let info = |id, created| KeyInfo {
+            id,
+            state: State::Retired,
+            created,
+            activated: None,
+            retired: None,
+            fingerprint: String::new(),
+        };
+        assert_eq!(KeyStore::free_id(&[]).unwrap(), 1);
+        assert_eq!(KeyStore::free_id(&[info(9, 5), info(0, 1)]).unwrap(), 1);
+        let all: Vec<_> = (0..10).map(|i| info(i, i as i64)).collect();
+        assert!(matches!(KeyStore::free_id(&all), Err(KeyError::NoFreeId)));
+    }
+
+    #[test]
+    fn secret_file_bytes() {
+        assert_eq!(Secret::from_file_bytes(b"abc\n".to_vec()).unwrap().expose(), b"abc");
+        assert_eq!(Secret::from_file_bytes(b"abc\n\n".to_vec()).unwrap().expose(), b"abc\n");
+        assert!(Secret::from_file_bytes(b"\n".to_vec()).is_err());
+        assert!(Secret::from_file_bytes(vec![b'a'; 65]).is_err());
+        assert_eq!(Secret::generate().unwrap().expose().len(), 64);
+    }
+}

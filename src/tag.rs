@@ -1,0 +1,542 @@
+//! BATV tags: the `prvs` scheme (HMAC-SHA1, byte-compatible with Exim's `${prvs}`) and the
+//! native scheme (HMAC-SHA256, base32). This is a wire format: it never changes.
+//!
+//! Address shape (draft-levine-smtp-batv-01 §3): `prvs=<tag-val>=<local-part>@<domain>`,
+//! tag-val = K (key digit) + DDD (expiry day mod 1000) + hash.
+
+use std::borrow::Cow;
+
+use hmac::{KeyInit, Mac};
+use subtle::ConstantTimeEq;
+
+use crate::address::{self, Address, AddressError, MAX_LOCAL_LEN};
+
+type HmacSha1 = hmac::Hmac<sha1::Sha1>;
+type HmacSha256 = hmac::Hmac<sha2::Sha256>;
+
+/// `prvs=` prefix (always written lower-case: postgrey strips only that).
+const PREFIX: &str = "prvs=";
+/// Verifiers accept tags whose expiry day is at most this many days ahead.
+pub const MAX_DAYS_AHEAD: u16 = 31;
+pub const MIN_LIFETIME: u16 = 7;
+pub const MAX_LIFETIME: u16 = 30;
+pub const DEFAULT_LIFETIME: u16 = 7;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scheme {
+    /// HMAC-SHA256, 8 base32 characters over the canonical address (the default).
+    Native,
+    /// HMAC-SHA1, 6 hex digits over the address as written (Exim interop).
+    Prvs,
+}
+
+impl Scheme {
+    pub fn name(self) -> &'static str {
+        match self {
+            Scheme::Native => "native",
+            Scheme::Prvs => "prvs",
+        }
+    }
+    /// Characters of hash in the tag value.
+    fn hash_len(self) -> usize {
+        match self {
+            Scheme::Native => 8,
+            Scheme::Prvs => 6,
+        }
+    }
+    /// Octets the tag adds to the unquoted local part: `prvs=` + K + DDD + hash + `=`.
+    pub fn overhead(self) -> usize {
+        PREFIX.len() + 4 + self.hash_len() + 1
+    }
+}
+
+impl std::fmt::Display for Scheme {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Scheme {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "native" => Ok(Scheme::Native),
+            "prvs" => Ok(Scheme::Prvs),
+            _ => Err(format!("unknown scheme {s:?} (expected native or prvs)")),
+        }
+    }
+}
+
+/// Key material for one key id, pre-keyed: the HMAC pads are computed once here and the
+/// states cloned per tag.
+#[derive(Clone)]
+pub struct TagKey {
+    sha1: HmacSha1,
+    sha256: HmacSha256,
+}
+
+impl std::fmt::Debug for TagKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TagKey(..)")
+    }
+}
+
+impl TagKey {
+    pub fn new(secret: &[u8]) -> Self {
+        // HMAC accepts keys of any length; these cannot fail.
+        TagKey {
+            sha1: HmacSha1::new_from_slice(secret).expect("HMAC takes any key length"),
+            sha256: HmacSha256::new_from_slice(secret).expect("HMAC takes any key length"),
+        }
+    }
+
+    /// First 3 bytes of HMAC-SHA1(secret, K ‖ DDD ‖ local@domain), address as written.
+    fn prvs_hash(&self, kddd: &[u8; 4], local: &str, domain: &str) -> [u8; 3] {
+        let mut mac = self.sha1.clone();
+        mac.update(kddd);
+        mac.update(local.as_bytes());
+        mac.update(b"@");
+        mac.update(domain.as_bytes());
+        let out = mac.finalize().into_bytes();
+        [out[0], out[1], out[2]]
+    }
+
+    /// First 5 bytes of HMAC-SHA256(secret, K ‖ DDD ‖ canonical address).
+    fn native_hash(&self, kddd: &[u8; 4], local: &str, canonical_domain: &str) -> [u8; 5] {
+        let mut mac = self.sha256.clone();
+        mac.update(kddd);
+        update_ascii_lower(&mut mac, local.as_bytes());
+        mac.update(b"@");
+        mac.update(canonical_domain.as_bytes());
+        let out = mac.finalize().into_bytes();
+        [out[0], out[1], out[2], out[3], out[4]]
+    }
+}
+
+/// Feed `bytes` ASCII-lower-cased (bytes above 0x7F untouched) without allocating.
+fn update_ascii_lower(mac: &mut HmacSha256, bytes: &[u8]) {
+    let mut buf = [0u8; 64];
+    for chunk in bytes.chunks(buf.len()) {
+        let out = &mut buf[..chunk.len()];
+        out.copy_from_slice(chunk);
+        out.make_ascii_lowercase();
+        mac.update(out);
+    }
+}
+
+fn kddd(key_id: u8, day: u16) -> [u8; 4] {
+    [
+        b'0' + key_id,
+        b'0' + (day / 100) as u8,
+        b'0' + (day / 10 % 10) as u8,
+        b'0' + (day % 10) as u8,
+    ]
+}
+
+const B32: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
+
+fn base32_40(bytes: &[u8; 5]) -> [u8; 8] {
+    let v = bytes.iter().fold(0u64, |acc, &b| acc << 8 | b as u64);
+    let mut out = [0u8; 8];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = B32[(v >> (35 - 5 * i) & 31) as usize];
+    }
+    out
+}
+
+fn unbase32_40(chars: &[u8]) -> Option<[u8; 5]> {
+    let mut v = 0u64;
+    for &c in chars {
+        let d = match c {
+            b'a'..=b'z' => c - b'a',
+            b'A'..=b'Z' => c - b'A',
+            b'2'..=b'7' => c - b'2' + 26,
+            _ => return None,
+        };
+        v = v << 5 | d as u64;
+    }
+    let b = v.to_be_bytes();
+    Some([b[3], b[4], b[5], b[6], b[7]])
+}
+
+fn hex_3(bytes: &[u8; 3]) -> [u8; 6] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [0u8; 6];
+    for (i, b) in bytes.iter().enumerate() {
+        out[2 * i] = HEX[(b >> 4) as usize];
+        out[2 * i + 1] = HEX[(b & 15) as usize];
+    }
+    out
+}
+
+fn unhex_3(chars: &[u8]) -> Option<[u8; 3]> {
+    let nib = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+    let mut out = [0u8; 3];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = nib(chars[2 * i])? << 4 | nib(chars[2 * i + 1])?;
+    }
+    Some(out)
+}
+
+/// The Unix day number (days since 1970-01-01 UTC) of a Unix time.
+pub fn unix_day(unix_seconds: i64) -> i64 {
+    unix_seconds.div_euclid(86_400)
+}
+
+/// DDD for a tag signed on `today` that lives `lifetime` days.
+pub fn day_stamp(today: i64, lifetime: u16) -> u16 {
+    (today + lifetime as i64).rem_euclid(1000) as u16
+}
+
+/// Days from `today` until expiry day `ddd`, modulo 1000.
+fn days_ahead(ddd: u16, today: i64) -> u16 {
+    (ddd as i64 - today).rem_euclid(1000) as u16
+}
+
+/// The fixed acceptance window: 0..=31 days ahead, or one day of grace (999).
+pub fn within_window(ddd: u16, today: i64) -> bool {
+    let d = days_ahead(ddd, today);
+    d <= MAX_DAYS_AHEAD || d == 999
+}
+
+/// Why the signer leaves an address untagged. The verifier exempts the same addresses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Skip {
+    NullSender,
+    ForeignDomain,
+    AlreadyTagged,
+    Srs,
+    TooLong,
+}
+
+impl Skip {
+    pub fn name(self) -> &'static str {
+        match self {
+            Skip::NullSender => "null-sender",
+            Skip::ForeignDomain => "foreign-domain",
+            Skip::AlreadyTagged => "already-tagged",
+            Skip::Srs => "srs",
+            Skip::TooLong => "too-long",
+        }
+    }
+}
+
+fn starts_with_ci(s: &str, prefix: &str) -> bool {
+    s.len() >= prefix.len() && s.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
+}
+
+/// Sender Rewriting Scheme addresses (`SRS0=`/`SRS1=`, also the `+` and `-` separators
+/// PostSRSd and others allow).
+pub fn is_srs(local: &str) -> bool {
+    let b = local.as_bytes();
+    b.len() > 5 && (starts_with_ci(local, "srs0") || starts_with_ci(local, "srs1")) && matches!(b[4], b'=' | b'+' | b'-')
+}
+
+/// True if the local part (unquoted) starts a BATV tag of any kind, valid or not.
+pub fn looks_tagged(local: &str) -> bool {
+    starts_with_ci(local, PREFIX)
+}
+
+/// The structural skips (everything but the domain check): `None` means sign it.
+pub fn structural_skip(addr: &Address<'_>, scheme: Scheme) -> Option<Skip> {
+    if looks_tagged(&addr.local) {
+        Some(Skip::AlreadyTagged)
+    } else if is_srs(&addr.local) {
+        Some(Skip::Srs)
+    } else if too_long_to_sign(&addr.local, scheme) {
+        Some(Skip::TooLong)
+    } else {
+        None
+    }
+}
+
+/// Would the tagged local part exceed 64 octets as written?
+pub fn too_long_to_sign(local: &str, scheme: Scheme) -> bool {
+    // Quoting (if needed) is decided by the original local part; the tag adds only atext.
+    address::written_local_len(local) + scheme.overhead() > MAX_LOCAL_LEN
+}
+
+/// Sign `addr` with `key`. The caller has already decided it should be signed.
+pub fn sign(key: &TagKey, key_id: u8, scheme: Scheme, addr: &Address<'_>, ddd: u16) -> Result<String, AddressError> {
+    debug_assert!(key_id <= 9 && ddd <= 999);
+    let kd = kddd(key_id, ddd);
+    let mut local = String::with_capacity(scheme.overhead() + addr.local.len());
+    local.push_str(PREFIX);
+    local.push_str(std::str::from_utf8(&kd).unwrap_or_default());
+    match scheme {
+        Scheme::Prvs => {
+            let h = hex_3(&key.prvs_hash(&kd, &addr.local, addr.domain));
+            local.push_str(std::str::from_utf8(&h).unwrap_or_default());
+        }
+        Scheme::Native => {
+            let domain = address::canonical_domain(addr.domain)?;
+            let h = base32_40(&key.native_hash(&kd, &addr.local, &domain));
+            local.push_str(std::str::from_utf8(&h).unwrap_or_default());
+        }
+    }
+    local.push('=');
+    local.push_str(&addr.local);
+    Ok(address::format(&local, addr.domain))
+}
+
+/// A syntactically valid tag, not yet checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tagged<'a> {
+    pub scheme: Scheme,
+    pub key_id: u8,
+    pub day: u16,
+    hash: [u8; 8],
+    /// Original local part, unquoted.
+    pub local: Cow<'a, str>,
+    pub domain: &'a str,
+    /// The original address, written in valid SMTP form.
+    pub original: Cow<'a, str>,
+}
+
+/// What an address is, before any key is consulted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Parsed<'a> {
+    Untagged(Address<'a>),
+    Malformed(&'static str),
+    Tagged(Tagged<'a>),
+}
+
+/// Parse an address and its tag, if any.
+pub fn parse(s: &str) -> Result<Parsed<'_>, AddressError> {
+    let addr = address::parse(s)?;
+    if !looks_tagged(&addr.local) {
+        return Ok(Parsed::Untagged(addr));
+    }
+    let after = &addr.local[PREFIX.len()..];
+    let Some(eq) = after.find('=') else {
+        return Ok(Parsed::Malformed("no '=' after the tag value"));
+    };
+    let val = after[..eq].as_bytes();
+    let scheme = match val.len() {
+        10 => Scheme::Prvs,
+        12 => Scheme::Native,
+        0 => return Ok(Parsed::Malformed("empty tag value")),
+        _ => return Ok(Parsed::Malformed("tag value has the wrong length")),
+    };
+    if !val[..4].iter().all(u8::is_ascii_digit) {
+        return Ok(Parsed::Malformed("key digit and day must be digits"));
+    }
+    let hash_ok = match scheme {
+        Scheme::Prvs => val[4..].iter().all(u8::is_ascii_hexdigit),
+        Scheme::Native => unbase32_40(&val[4..]).is_some(),
+    };
+    if !hash_ok {
+        return Ok(Parsed::Malformed("bad character in the tag hash"));
+    }
+    let rest_start = PREFIX.len() + eq + 1;
+    if rest_start >= addr.local.len() {
+        return Ok(Parsed::Malformed("nothing after the tag"));
+    }
+    let mut hash = [0u8; 8];
+    hash[..val.len() - 4].copy_from_slice(&val[4..]);
+    let day = (val[1] - b'0') as u16 * 100 + (val[2] - b'0') as u16 * 10 + (val[3] - b'0') as u16;
+    let key_id = val[0] - b'0';
+    let (local, original) = match &addr.local {
+        // Unquoted: the original address is a suffix of the input.
+        Cow::Borrowed(l) if !addr.quoted => (Cow::Borrowed(&l[rest_start..]), Cow::Borrowed(&s[rest_start..])),
+        _ => {
+            let l = addr.local[rest_start..].to_string();
+            let orig = address::format(&l, addr.domain);
+            (Cow::Owned(l), Cow::Owned(orig))
+        }
+    };
+    Ok(Parsed::Tagged(Tagged {
+        scheme,
+        key_id,
+        day,
+        hash,
+        local,
+        domain: addr.domain,
+        original,
+    }))
+}
+
+/// The outcome of checking a tag.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict<'a> {
+    Valid(Checked<'a>),
+    Untagged,
+    Malformed(&'static str),
+    UnknownKey(u8),
+    BadSignature,
+    /// Authentic, but outside the acceptance window.
+    Expired(Checked<'a>),
+}
+
+/// An authentic tag.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checked<'a> {
+    pub original: Cow<'a, str>,
+    pub key_id: u8,
+    pub scheme: Scheme,
+    /// Expiry day, mod 1000.
+    pub day: u16,
+    /// Days from today until expiry: 0..=31 while valid, -1 on the grace day; for an
+    /// expired tag, minus the days since expiry.
+    pub days_left: i32,
+}
+
+impl Verdict<'_> {
+    /// Stable reason names (CLI, JSON, logs).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Verdict::Valid(_) => "valid",
+            Verdict::Untagged => "untagged",
+            Verdict::Malformed(_) => "malformed",
+            Verdict::UnknownKey(_) => "unknown-key",
+            Verdict::BadSignature => "bad-signature",
+            Verdict::Expired(_) => "expired",
+        }
+    }
+    pub fn is_valid(&self) -> bool {
+        matches!(self, Verdict::Valid(_))
+    }
+    /// The original address if the tag is authentic (valid or expired).
+    pub fn authentic(&self) -> Option<&Checked<'_>> {
+        match self {
+            Verdict::Valid(c) | Verdict::Expired(c) => Some(c),
+            _ => None,
+        }
+    }
+}
+
+impl Tagged<'_> {
+    /// Check the hash with `key` in constant time.
+    pub fn authentic(&self, key: &TagKey) -> bool {
+        let kd = kddd(self.key_id, self.day);
+        match self.scheme {
+            Scheme::Prvs => {
+                let Some(given) = unhex_3(&self.hash[..6]) else {
+                    return false;
+                };
+                key.prvs_hash(&kd, &self.local, self.domain).ct_eq(&given).into()
+            }
+            Scheme::Native => {
+                let (Some(given), Ok(domain)) = (unbase32_40(&self.hash), address::canonical_domain(self.domain)) else {
+                    return false;
+                };
+                key.native_hash(&kd, &self.local, &domain).ct_eq(&given).into()
+            }
+        }
+    }
+}
+
+/// Check an address against a key lookup, as of Unix day `today`.
+pub fn verify<'a, 'k>(s: &'a str, today: i64, keys: impl Fn(u8) -> Option<&'k TagKey>) -> Result<Verdict<'a>, AddressError> {
+    let t = match parse(s)? {
+        Parsed::Untagged(_) => return Ok(Verdict::Untagged),
+        Parsed::Malformed(why) => return Ok(Verdict::Malformed(why)),
+        Parsed::Tagged(t) => t,
+    };
+    Ok(check(t, today, keys))
+}
+
+/// Check a parsed tag.
+pub fn check<'a, 'k>(t: Tagged<'a>, today: i64, keys: impl Fn(u8) -> Option<&'k TagKey>) -> Verdict<'a> {
+    let Some(key) = keys(t.key_id) else {
+        return Verdict::UnknownKey(t.key_id);
+    };
+    if !t.authentic(key) {
+        return Verdict::BadSignature;
+    }
+    let ahead = days_ahead(t.day, today);
+    let valid = ahead <= MAX_DAYS_AHEAD || ahead == 999;
+    let days_left = match ahead {
+        999 => -1,
+        d if d <= MAX_DAYS_AHEAD => d as i32,
+        // Expired: count the days since expiry.
+        d => d as i32 - 1000,
+    };
+    let checked = Checked {
+        key_id: t.key_id,
+        scheme: t.scheme,
+        day: t.day,
+        days_left,
+        original: t.original,
+    };
+    if valid {
+        Verdict::Valid(checked)
+    } else {
+        Verdict::Expired(checked)
+    }
+}
+
+/// Remove a syntactically valid tag without checking it. Untagged and malformed
+/// addresses come back unchanged.
+pub fn strip(s: &str) -> Result<Cow<'_, str>, AddressError> {
+    Ok(match parse(s)? {
+        Parsed::Tagged(t) => t.original,
+        _ => Cow::Borrowed(s),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base32_round_trip() {
+        let b = [0xde, 0xad, 0xbe, 0xef, 0x01];
+        let e = base32_40(&b);
+        assert_eq!(&e, b"32w353yb");
+        assert_eq!(unbase32_40(&e), Some(b));
+        assert_eq!(unbase32_40(b"32W353YB"), Some(b));
+        assert_eq!(unbase32_40(b"32w353y1"), None);
+    }
+
+    #[test]
+    fn hex_round_trip() {
+        assert_eq!(&hex_3(&[0x0a, 0xbc, 0xff]), b"0abcff");
+        assert_eq!(unhex_3(b"0ABCff"), Some([0x0a, 0xbc, 0xff]));
+        assert_eq!(unhex_3(b"0abcfg"), None);
+    }
+
+    #[test]
+    fn window() {
+        let today = 20_780; // DDD 780
+        assert!(within_window(780, today));
+        assert!(within_window(811, today));
+        assert!(!within_window(812, today));
+        assert!(within_window(779, today));
+        assert!(!within_window(778, today));
+        // Across the wrap: today 20_995, expiry 21_002 (DDD 002).
+        assert!(within_window(2, 20_995));
+        assert!(within_window(994, 20_995));
+        assert!(!within_window(993, 20_995));
+    }
+
+    #[test]
+    fn srs_and_tag_detection() {
+        assert!(is_srs("SRS0=HHH=TT=example.org=alice"));
+        assert!(is_srs("srs1+x"));
+        assert!(!is_srs("srs"));
+        assert!(!is_srs("srsly"));
+        assert!(looks_tagged("PRVS=1234abcdef=x"));
+    }
+
+    #[test]
+    fn quoted_round_trip() {
+        let key = TagKey::new(b"k");
+        let a = address::parse("\"john doe\"@example.com").unwrap();
+        let s = sign(&key, 1, Scheme::Native, &a, 787).unwrap();
+        assert!(s.starts_with("\"prvs=1787") && s.ends_with("=john doe\"@example.com"), "{s}");
+        let v = verify(&s, 20_780, |k| (k == 1).then_some(&key)).unwrap();
+        match v {
+            Verdict::Valid(c) => assert_eq!(c.original, "\"john doe\"@example.com"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn malformed_tags() {
+        for s in ["prvs=@x.org", "prvs=x@x.org", "prvs==a@x.org", "prvs=123=a@x.org", "prvs=1787abcdef=@x.org", "prvs=a787abcdef=a@x.org", "prvs=1787abcdeg=a@x.org", "prvs=1787abcdefg1=a@x.org"] {
+            assert!(matches!(parse(s), Ok(Parsed::Malformed(_))), "{s}: {:?}", parse(s));
+        }
+    }
+}
