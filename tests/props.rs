@@ -1,0 +1,123 @@
+//! Property tests: round trips, single-character substitutions, and total parsing.
+
+use batv::address;
+use batv::tag::{self, Scheme, TagKey, Verdict};
+use proptest::prelude::*;
+
+fn scheme() -> impl Strategy<Value = Scheme> {
+    prop_oneof![Just(Scheme::Native), Just(Scheme::Prvs)]
+}
+
+/// Local parts: dot-atoms (with UTF-8) and ones that need quoting.
+fn local() -> impl Strategy<Value = String> {
+    prop_oneof![
+        "[a-zA-Z0-9!#$%&'*+/=?^_`{|}~-]{1,20}(\\.[a-zA-Z0-9_+-]{1,10}){0,2}",
+        "[a-zà-ÿ]{1,8}",
+        "[a-zA-Z0-9 \"\\\\@(),:;<>\\[\\]]{1,20}",
+    ]
+    .prop_filter("signable", |l| !tag::looks_tagged(l) && !tag::is_srs(l))
+}
+
+fn domain() -> impl Strategy<Value = String> {
+    prop_oneof!["[a-zA-Z0-9]([a-zA-Z0-9-]{0,10}[a-zA-Z0-9])?(\\.[a-zA-Z]{2,6}){1,2}", "[a-zäöüß]{2,8}\\.example",]
+}
+
+fn keys() -> Vec<TagKey> {
+    (0..10u8).map(|i| TagKey::new(format!("secret number {i}").as_bytes())).collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    #[test]
+    fn sign_then_verify_round_trips(local in local(), domain in domain(), scheme in scheme(),
+                                   key_id in 0u8..10, today in 0i64..200_000, lifetime in 7u16..=30,
+                                   checked_after in 0i64..=31) {
+        let keys = keys();
+        let addr_text = address::format(&local, &domain);
+        let addr = address::parse(&addr_text).unwrap();
+        prop_assume!(!tag::too_long_to_sign(&addr.local, scheme));
+        let ddd = tag::day_stamp(today, lifetime);
+        let signed = tag::sign(&keys[key_id as usize], key_id, scheme, &addr, ddd).unwrap();
+        prop_assert!(signed.split('@').next().is_some());
+        prop_assert!(address::parse(&signed).is_ok(), "signed form must be a valid address: {}", signed);
+        // Valid from signing through expiry (and a day either side), whatever the day.
+        let day = today - 1 + checked_after.min(lifetime as i64 + 2);
+        match tag::verify(&signed, day, |k| keys.get(k as usize)).unwrap() {
+            Verdict::Valid(c) => {
+                prop_assert_eq!(c.original.as_ref(), addr_text.as_str());
+                prop_assert_eq!(c.key_id, key_id);
+                prop_assert_eq!(c.scheme, scheme);
+            }
+            other => prop_assert!(false, "{} at day {}: {:?}", signed, day, other),
+        }
+        let stripped = tag::strip(&signed).unwrap();
+        prop_assert_eq!(stripped.as_ref(), addr_text.as_str());
+        // Two days past expiry it is expired, and still authentic.
+        let late = today + lifetime as i64 + 2;
+        let v = tag::verify(&signed, late, |k| keys.get(k as usize)).unwrap();
+        prop_assert!(matches!(v, Verdict::Expired(_)), "{:?}", v);
+        // A verifier without that key does not accept it.
+        let v = tag::verify(&signed, today, |k| (k != key_id).then(|| &keys[k as usize])).unwrap();
+        prop_assert_eq!(v, Verdict::UnknownKey(key_id));
+    }
+
+    #[test]
+    fn native_tags_ignore_ascii_case(local in "[a-zA-Z0-9._+-]{1,30}", domain in domain(), today in 0i64..200_000) {
+        let keys = keys();
+        let text = format!("{local}@{domain}");
+        let addr = address::parse(&text).unwrap();
+        let signed = tag::sign(&keys[3], 3, Scheme::Native, &addr, tag::day_stamp(today, 7)).unwrap();
+        for variant in [signed.to_ascii_uppercase(), signed.to_ascii_lowercase()] {
+            let v = tag::verify(&variant, today, |k| keys.get(k as usize)).unwrap();
+            prop_assert!(v.is_valid(), "{} -> {:?}", variant, v);
+        }
+    }
+
+    #[test]
+    fn every_substitution_in_the_tag_is_rejected_except_case(local in local(), domain in domain(), scheme in scheme(),
+                                                             key_id in 0u8..10, today in 0i64..200_000) {
+        let keys = keys();
+        let addr_text = address::format(&local, &domain);
+        let addr = address::parse(&addr_text).unwrap();
+        prop_assume!(!tag::too_long_to_sign(&addr.local, scheme));
+        let signed = tag::sign(&keys[key_id as usize], key_id, scheme, &addr, tag::day_stamp(today, 7)).unwrap();
+        // The tag: `prvs=KDDDHASH=`, after an opening quote if the local part is quoted.
+        let start = usize::from(signed.starts_with('"'));
+        let end = start + scheme.overhead();
+        let chars: Vec<char> = signed.chars().collect();
+        let replacements: Vec<char> = (' '..='~').chain(['é', '\u{0}', '\t']).collect();
+        for i in start..end {
+            for &c in &replacements {
+                if c == chars[i] {
+                    continue;
+                }
+                let mut v = chars.clone();
+                v[i] = c;
+                let s: String = v.into_iter().collect();
+                let verdict = tag::verify(&s, today, |k| keys.get(k as usize));
+                let valid = matches!(verdict, Ok(Verdict::Valid(_)));
+                if c.eq_ignore_ascii_case(&chars[i]) {
+                    prop_assert!(valid, "case change must verify: {} -> {:?}", s, verdict);
+                } else {
+                    prop_assert!(!valid, "substitution accepted: {} (from {})", s, signed);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn parsing_is_total(s in "\\PC{0,80}", bytes in proptest::collection::vec(any::<u8>(), 0..120)) {
+        let keys = keys();
+        let lossy = String::from_utf8_lossy(&bytes).into_owned();
+        let inputs = [s.clone(), lossy, format!("prvs={s}"), format!("\"prvs={s}\"@x.org"), format!("prvs=1787{s}=a@b.c")];
+        for input in inputs.iter().map(String::as_str) {
+            let _ = address::parse(input);
+            let _ = tag::parse(input);
+            let _ = tag::strip(input);
+            let v = tag::verify(input, 20_780, |k| keys.get(k as usize));
+            // Nothing random is a valid tag.
+            prop_assert!(!matches!(v, Ok(Verdict::Valid(_))), "{:?}", input);
+        }
+    }
+}
