@@ -1,1 +1,41 @@
-fn main(){}
+//! Tag signing and verification throughput (one core). `cargo bench --bench tags`.
+
+use std::hint::black_box;
+
+use batv::address;
+use batv::tag::{self, Scheme, TagKey};
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+
+const TODAY: i64 = 20_780;
+
+fn bench(c: &mut Criterion) {
+    let keys: Vec<TagKey> = (0..10).map(|i| TagKey::new(format!("{i:064x}").as_bytes())).collect();
+    let lookup = |k: u8| keys.get(k as usize);
+    let addr = address::parse("jane.doe+news@example.org").unwrap();
+    let ddd = tag::day_stamp(TODAY, 7);
+    let mut g = c.benchmark_group("tag");
+    g.throughput(Throughput::Elements(1));
+    for scheme in [Scheme::Native, Scheme::Prvs] {
+        let signed = tag::sign(&keys[3], 3, scheme, &addr, ddd).unwrap();
+        g.bench_function(format!("sign/{scheme}"), |b| {
+            b.iter(|| tag::sign(&keys[3], 3, scheme, black_box(&addr), ddd).unwrap())
+        });
+        g.bench_function(format!("sign+parse/{scheme}"), |b| {
+            b.iter(|| {
+                let a = address::parse(black_box("jane.doe+news@example.org")).unwrap();
+                tag::sign(&keys[3], 3, scheme, &a, ddd).unwrap()
+            })
+        });
+        g.bench_function(format!("verify/{scheme}"), |b| {
+            b.iter(|| {
+                let v = tag::verify(black_box(&signed), TODAY, lookup).unwrap();
+                assert!(v.is_valid());
+                v
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

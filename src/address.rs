@@ -112,20 +112,14 @@ pub fn parse(s: &str) -> Result<Address<'_>, AddressError> {
         }
         (Cow::Borrowed(local), false, &s[at..])
     };
-    let domain = rest.strip_prefix('@').ok_or(if quoted {
-        AddressError::BadQuoting
-    } else {
-        AddressError::NoAt
-    })?;
+    let domain = rest
+        .strip_prefix('@')
+        .ok_or(if quoted { AddressError::BadQuoting } else { AddressError::NoAt })?;
     if local.is_empty() {
         return Err(AddressError::EmptyLocal);
     }
     check_domain(domain)?;
-    Ok(Address {
-        local,
-        domain,
-        quoted,
-    })
+    Ok(Address { local, domain, quoted })
 }
 
 /// Unquote the body of a quoted string (after the opening quote). Returns the unquoted

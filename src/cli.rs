@@ -13,7 +13,7 @@ Exit status (sysexits): 0 ok, 1 invalid tag, 64 usage, 65 bad input, 74 I/O erro
 
 /// Bounce Address Tag Validation: sign envelope senders, refuse backscatter.
 #[derive(Debug, Parser)]
-#[command(name = "batv", version, about, after_help = AFTER_HELP, max_term_width = 100)]
+#[command(name = "batv", version, about, after_help = AFTER_HELP, max_term_width = 100, disable_help_subcommand = true)]
 pub struct Cli {
     /// Configuration file [default: /etc/batv/batv.toml; batv.toml in a source checkout]
     #[arg(long, global = true, value_name = "FILE")]
@@ -38,10 +38,10 @@ pub enum Command {
     /// Print addresses without their tag (no check)
     Strip(StripArgs),
     /// Manage the signing keys
-    #[command(subcommand)]
+    #[command(subcommand, long_about = KEYS_ABOUT, disable_help_subcommand = true)]
     Keys(KeysCommand),
     /// Validate or print the configuration
-    #[command(subcommand)]
+    #[command(subcommand, disable_help_subcommand = true)]
     Config(ConfigCommand),
 }
 
@@ -86,10 +86,21 @@ pub struct StripArgs {
     pub addresses: Vec<String>,
 }
 
-/// Create, rotate, activate and retire keys. A key has an id 0-9 (the tag's K digit) and a
-/// state: standby (verifies, does not sign), active (the one signing key) or retired
-/// (verifies until its last tag can have expired). Fleet rotation in two phases: `add
-/// --standby` on every host, then `activate ID` on every host.
+const KEYS_ABOUT: &str = "\
+Create, rotate, activate and retire keys. A key has an id 0-9 (the tag's K digit), a secret
+and a state: standby (verifies, does not sign), active (the one signing key) or retired
+(verifies until its last tag can have expired, then prunable after 32 days). An id is never
+reused while it is listed.
+
+The keys directory holds manifest.toml (ids, states, times, fingerprints; no secrets) and
+one key-N.secret file per key (mode 0600, or 0640 with key_group). Every change is written
+to a temporary file and renamed into place, so a reader sees the old key set or the new one,
+never zero or two active keys.
+
+One host: `batv keys rotate`. A fleet sharing keys, in two phases: `batv keys add --standby`
+(or `import`) on every host, then `batv keys activate ID` on every host, so no host ever sees
+a tag it cannot check. Prune retired keys with `batv keys prune`.";
+
 #[derive(Debug, Subcommand)]
 pub enum KeysCommand {
     /// Create the keys directory and a first active key, unless keys exist

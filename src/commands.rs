@@ -55,7 +55,11 @@ impl Context {
         };
         let config = Config::load(cli.config.as_deref())?;
         let config_path = cli.config.clone().unwrap_or_else(config::default_config_path);
-        let keys_dir = cli.keys.clone().or_else(|| config.keys_dir.clone()).unwrap_or_else(config::default_keys_dir);
+        let keys_dir = cli
+            .keys
+            .clone()
+            .or_else(|| config.keys_dir.clone())
+            .unwrap_or_else(config::default_keys_dir);
         Ok(Context {
             config,
             config_path,
@@ -262,7 +266,11 @@ fn keys_cmd(ctx: &Context, cmd: KeysCommand) -> Result<u8, CliError> {
         KeysCommand::Rotate => store.rotate(now)?,
         KeysCommand::Retire { id } => store.retire(keys::parse_id(&id)?, now)?,
         KeysCommand::Prune => store.prune(now)?,
-        KeysCommand::Import { id, secret_file, secret_stdin } => {
+        KeysCommand::Import {
+            id,
+            secret_file,
+            secret_stdin,
+        } => {
             let id = keys::parse_id(&id)?;
             let bytes = read_secret_input(secret_file.as_deref(), secret_stdin)?;
             let secret = Secret::from_file_bytes(bytes).map_err(|e| CliError::Data(format!("import: {e}")))?;
@@ -308,11 +316,24 @@ fn opt_time(t: Option<i64>) -> String {
 fn keys_list(store: &KeyStore, now: i64) -> Result<u8, CliError> {
     let keys = store.load()?;
     let mut out = io::stdout().lock();
-    writeln!(out, "{:<3} {:<18} {:<21} {:<21} {:<21} FINGERPRINT", "ID", "STATE", "CREATED", "ACTIVATED", "RETIRED")?;
+    writeln!(
+        out,
+        "{:<3} {:<18} {:<21} {:<21} {:<21} FINGERPRINT",
+        "ID", "STATE", "CREATED", "ACTIVATED", "RETIRED"
+    )?;
     for k in keys.iter() {
         let i = &k.info;
         let state = if i.prunable(now) { "retired (prunable)" } else { i.state.name() };
-        writeln!(out, "{:<3} {:<18} {:<21} {:<21} {:<21} {}", i.id, state, time::format_rfc3339(i.created), opt_time(i.activated), opt_time(i.retired), i.fingerprint)?;
+        writeln!(
+            out,
+            "{:<3} {:<18} {:<21} {:<21} {:<21} {}",
+            i.id,
+            state,
+            time::format_rfc3339(i.created),
+            opt_time(i.activated),
+            opt_time(i.retired),
+            i.fingerprint
+        )?;
     }
     Ok(EX_OK)
 }

@@ -29,7 +29,10 @@ pub fn describe_toml_error(text: &str, e: &toml::de::Error) -> String {
     match e.span() {
         Some(span) => {
             let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
-            let key = text.get(span.clone()).map(str::trim).filter(|k| !k.is_empty() && k.len() <= 60 && !k.contains('\n'));
+            let key = text
+                .get(span.clone())
+                .map(str::trim)
+                .filter(|k| !k.is_empty() && k.len() <= 60 && !k.contains('\n'));
             match key {
                 Some(k) => format!("{line}: {k}: {msg}"),
                 None => format!("{line}: {msg}"),
@@ -203,7 +206,9 @@ fn lifetime<'de, D: Deserializer<'de>>(d: D) -> Result<u16, D::Error> {
     if (MIN_LIFETIME as i64..=MAX_LIFETIME as i64).contains(&v) {
         Ok(v as u16)
     } else {
-        Err(serde::de::Error::custom(format!("lifetime_days must be {MIN_LIFETIME} to {MAX_LIFETIME}, got {v}")))
+        Err(serde::de::Error::custom(format!(
+            "lifetime_days must be {MIN_LIFETIME} to {MAX_LIFETIME}, got {v}"
+        )))
     }
 }
 

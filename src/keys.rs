@@ -71,7 +71,11 @@ impl KeyError {
         use crate::exit::*;
         match self {
             KeyError::Io { .. } => EX_IOERR,
-            KeyError::BadSecretLength(_) | KeyError::UnknownKey(_) | KeyError::BadId(_) | KeyError::IdInUse(_) | KeyError::RetireActive(_) => EX_DATAERR,
+            KeyError::BadSecretLength(_)
+            | KeyError::UnknownKey(_)
+            | KeyError::BadId(_)
+            | KeyError::IdInUse(_)
+            | KeyError::RetireActive(_) => EX_DATAERR,
             KeyError::NoFreeId => EX_TEMPFAIL,
             _ => EX_CONFIG,
         }
@@ -220,7 +224,10 @@ impl KeySet {
     pub fn from_keys(keys: Vec<Key>) -> Result<Self, String> {
         let mut set = KeySet::default();
         for k in keys {
-            let slot = set.keys.get_mut(k.info.id as usize).ok_or_else(|| format!("key id {} is not a digit", k.info.id))?;
+            let slot = set
+                .keys
+                .get_mut(k.info.id as usize)
+                .ok_or_else(|| format!("key id {} is not a digit", k.info.id))?;
             if slot.is_some() {
                 return Err(format!("key id {} listed twice", k.info.id));
             }
@@ -300,7 +307,9 @@ impl KeyStore {
         loop {
             let manifest = self.read_manifest()?;
             match self.load_secrets(&manifest) {
-                Err(KeyError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound && attempt < 2 && self.read_manifest()?.keys != manifest.keys => {
+                Err(KeyError::Io { source, .. })
+                    if source.kind() == io::ErrorKind::NotFound && attempt < 2 && self.read_manifest()?.keys != manifest.keys =>
+                {
                     attempt += 1;
                 }
                 other => return other,
@@ -316,7 +325,10 @@ impl KeyStore {
             if secret.fingerprint() != info.fingerprint {
                 return Err(KeyError::Corrupt {
                     path,
-                    reason: format!("secret does not match the manifest's fingerprint for key {} (truncated or replaced?)", info.id),
+                    reason: format!(
+                        "secret does not match the manifest's fingerprint for key {} (truncated or replaced?)",
+                        info.id
+                    ),
                 });
             }
             keys.push(Key {
@@ -350,14 +362,21 @@ impl KeyStore {
             }
             Err(e) => return Err(KeyError::io(&path, e)),
         };
-        let corrupt = |reason: String| KeyError::Corrupt { path: path.clone(), reason };
+        let corrupt = |reason: String| KeyError::Corrupt {
+            path: path.clone(),
+            reason,
+        };
         let text = String::from_utf8(text).map_err(|_| corrupt("not UTF-8".into()))?;
         let m: Manifest = toml::from_str(&text).map_err(|e| corrupt(crate::config::describe_toml_error(&text, &e)))?;
         if m.version != 1 {
             return Err(corrupt(format!("unsupported manifest version {}", m.version)));
         }
         if m.count != m.keys.len() {
-            return Err(corrupt(format!("manifest names {} keys but says count = {} (truncated?)", m.keys.len(), m.count)));
+            return Err(corrupt(format!(
+                "manifest names {} keys but says count = {} (truncated?)",
+                m.keys.len(),
+                m.count
+            )));
         }
         if let Some(k) = m.keys.iter().find(|k| k.id > 9) {
             return Err(corrupt(format!("key id {} is not a digit", k.id)));
@@ -377,7 +396,14 @@ impl KeyStore {
     /// Take the writers' lock for the lifetime of the returned file.
     fn lock(&self) -> Result<File, KeyError> {
         let path = self.path(LOCK);
-        let f = OpenOptions::new().read(true).write(true).create(true).truncate(false).mode(0o600).open(&path).map_err(|e| KeyError::io(&path, e))?;
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| KeyError::io(&path, e))?;
         // SAFETY: flock on a valid fd we own.
         if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&f), libc::LOCK_EX) } != 0 {
             return Err(KeyError::io(&path, io::Error::last_os_error()));
@@ -441,7 +467,11 @@ impl KeyStore {
             return Ok(());
         }
         let mode = if self.group.is_some() { 0o750 } else { 0o700 };
-        fs::DirBuilder::new().recursive(true).mode(mode).create(&self.dir).map_err(|e| KeyError::io(&self.dir, e))?;
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(mode)
+            .create(&self.dir)
+            .map_err(|e| KeyError::io(&self.dir, e))?;
         if let Some((_, gid)) = &self.group {
             std::os::unix::fs::chown(&self.dir, None, Some(*gid)).map_err(|e| KeyError::io(&self.dir, e))?;
         }
@@ -461,7 +491,11 @@ impl KeyStore {
         let _lock = self.lock()?;
         let m = self.read_manifest()?;
         if !m.keys.is_empty() {
-            return Ok(Change::Unchanged(format!("{} already holds {} key(s)", self.dir.display(), m.keys.len())));
+            return Ok(Change::Unchanged(format!(
+                "{} already holds {} key(s)",
+                self.dir.display(),
+                m.keys.len()
+            )));
         }
         let id = 1;
         let info = self.new_key(id, State::Active, now, Secret::generate()?)?;
@@ -494,7 +528,10 @@ impl KeyStore {
     /// The next free id after the newest key's, wrapping; ids still listed are never reused.
     fn free_id(keys: &[KeyInfo]) -> Result<u8, KeyError> {
         let last = keys.iter().max_by_key(|k| (k.created, k.id)).map_or(0, |k| k.id);
-        (1..=10).map(|i| (last + i) % 10).find(|id| keys.iter().all(|k| k.id != *id)).ok_or(KeyError::NoFreeId)
+        (1..=10)
+            .map(|i| (last + i) % 10)
+            .find(|id| keys.iter().all(|k| k.id != *id))
+            .ok_or(KeyError::NoFreeId)
     }
 
     /// `keys add [--standby]`: a new key; active unless `standby` (activating retires the
@@ -564,7 +601,9 @@ impl KeyStore {
             // The manifest no longer names it: a failure here leaves a harmless orphan.
             fs::remove_file(&path).map_err(|e| KeyError::io(&path, e))?;
         }
-        File::open(&self.dir).and_then(|d| d.sync_all()).map_err(|e| KeyError::io(&self.dir, e))?;
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| KeyError::io(&self.dir, e))?;
         Ok(Change::Pruned(gone.iter().map(|k| k.id).collect()))
     }
 

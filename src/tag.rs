@@ -312,7 +312,7 @@ pub fn parse(s: &str) -> Result<Parsed<'_>, AddressError> {
     let Some(eq) = after.find('=') else {
         return Ok(Parsed::Malformed("no '=' after the tag value"));
     };
-    let val = after[..eq].as_bytes();
+    let val = &after.as_bytes()[..eq];
     let scheme = match val.len() {
         10 => Scheme::Prvs,
         12 => Scheme::Native,
@@ -535,7 +535,16 @@ mod tests {
 
     #[test]
     fn malformed_tags() {
-        for s in ["prvs=@x.org", "prvs=x@x.org", "prvs==a@x.org", "prvs=123=a@x.org", "prvs=1787abcdef=@x.org", "prvs=a787abcdef=a@x.org", "prvs=1787abcdeg=a@x.org", "prvs=1787abcdefg1=a@x.org"] {
+        for s in [
+            "prvs=@x.org",
+            "prvs=x@x.org",
+            "prvs==a@x.org",
+            "prvs=123=a@x.org",
+            "prvs=1787abcdef=@x.org",
+            "prvs=a787abcdef=a@x.org",
+            "prvs=1787abcdeg=a@x.org",
+            "prvs=1787abcdefg1=a@x.org",
+        ] {
             assert!(matches!(parse(s), Ok(Parsed::Malformed(_))), "{s}: {:?}", parse(s));
         }
     }

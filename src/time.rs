@@ -12,7 +12,9 @@ pub fn parse_now(s: &str) -> Result<i64, String> {
             return Ok(t.and_utc().timestamp());
         }
     }
-    Err(format!("invalid time {s:?}: expected RFC 3339 (2026-11-23T12:00:00Z) or YYYY-MM-DD"))
+    Err(format!(
+        "invalid time {s:?}: expected RFC 3339 (2026-11-23T12:00:00Z) or YYYY-MM-DD"
+    ))
 }
 
 /// Parse a date (`YYYY-MM-DD`) to midnight UTC.
@@ -48,7 +50,9 @@ pub mod rfc3339 {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
         let s = String::deserialize(d)?;
-        chrono::DateTime::parse_from_rfc3339(&s).map(|t| t.timestamp()).map_err(|e| serde::de::Error::custom(format!("bad time {s:?}: {e}")))
+        chrono::DateTime::parse_from_rfc3339(&s)
+            .map(|t| t.timestamp())
+            .map_err(|e| serde::de::Error::custom(format!("bad time {s:?}: {e}")))
     }
 }
 

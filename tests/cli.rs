@@ -17,7 +17,12 @@ struct Run {
 
 fn run_in(keys: &Path, args: &[&str], stdin: Option<&[u8]>) -> Run {
     let mut cmd = Command::new(BIN);
-    cmd.arg("--keys").arg(keys).args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).stdin(Stdio::piped());
+    cmd.arg("--keys")
+        .arg(keys)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .stdin(Stdio::piped());
     let mut child = cmd.spawn().expect("spawn batv");
     {
         use std::io::Write;
@@ -70,7 +75,10 @@ fn manifest(keys: &Path) -> String {
 }
 
 fn listing(dir: &Path) -> Vec<String> {
-    let mut v: Vec<_> = fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    let mut v: Vec<_> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
     v.sort();
     v
 }
@@ -124,7 +132,20 @@ fn verify_json_and_reasons() {
     let s = sign(&k, TODAY, &[], "alice@example.com");
     let forged = format!("{}{}", &s[..10], if &s[10..11] == "a" { "b" } else { "a" }) + &s[11..];
     let unknown = format!("prvs=7{}", &s[6..]);
-    let r = batv(&k, &["--now", TODAY, "verify", "--json", &s, "alice@example.com", "prvs=x=a@example.com", &unknown, &forged]);
+    let r = batv(
+        &k,
+        &[
+            "--now",
+            TODAY,
+            "verify",
+            "--json",
+            &s,
+            "alice@example.com",
+            "prvs=x=a@example.com",
+            &unknown,
+            &forged,
+        ],
+    );
     assert_eq!(r.code, 1, "{}", r.err);
     let v: Vec<serde_json::Value> = r.out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(v.len(), 5);
@@ -137,7 +158,10 @@ fn verify_json_and_reasons() {
     assert_eq!(reasons, ["valid", "untagged", "malformed", "unknown-key", "bad-signature"]);
     let r = batv(&k, &["--now", "2027-01-30", "verify", "--json", &s]);
     let j: serde_json::Value = serde_json::from_str(r.out.trim()).unwrap();
-    assert_eq!((j["reason"].as_str(), j["original"].as_str()), (Some("expired"), Some("alice@example.com")));
+    assert_eq!(
+        (j["reason"].as_str(), j["original"].as_str()),
+        (Some("expired"), Some("alice@example.com"))
+    );
 }
 
 #[test]
@@ -179,7 +203,10 @@ fn signer_skips() {
 fn quoted_local_parts_are_written_as_one_quoted_string() {
     let (_t, k) = store();
     let s = sign(&k, TODAY, &[], r#""john \"jd\" doe"@example.com"#);
-    assert!(s.starts_with("\"prvs=1787") && s.ends_with(r#"=john \"jd\" doe"@example.com"#), "{s}");
+    assert!(
+        s.starts_with("\"prvs=1787") && s.ends_with(r#"=john \"jd\" doe"@example.com"#),
+        "{s}"
+    );
     let r = batv(&k, &["--now", TODAY, "verify", &s]);
     assert_eq!(r.out, "\"john \\\"jd\\\" doe\"@example.com\n", "{}", r.err);
 }
@@ -236,7 +263,16 @@ fn first_key_is_created_once_even_under_concurrency() {
     let k = t.path().join("keys");
     fs::create_dir(&k).unwrap();
     let children: Vec<_> = (0..8)
-        .map(|i| Command::new(BIN).arg("--keys").arg(&k).args(["--now", TODAY, "sign", &format!("u{i}@example.com")]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap())
+        .map(|i| {
+            Command::new(BIN)
+                .arg("--keys")
+                .arg(&k)
+                .args(["--now", TODAY, "sign", &format!("u{i}@example.com")])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
         .collect();
     let runs: Vec<Run> = children.into_iter().map(|c| to_run(c.wait_with_output().unwrap())).collect();
     assert!(runs.iter().all(|r| r.code == 0 && r.out.starts_with("prvs=1787")));
@@ -366,7 +402,10 @@ fn fleet_rotation_in_two_phases() {
     }
     let fa = batv(&a, &["keys", "show", "4"]).out;
     let fb = batv(&b, &["keys", "show", "4"]).out;
-    assert_eq!(fa.lines().find(|l| l.starts_with("fingerprint")), fb.lines().find(|l| l.starts_with("fingerprint")));
+    assert_eq!(
+        fa.lines().find(|l| l.starts_with("fingerprint")),
+        fb.lines().find(|l| l.starts_with("fingerprint"))
+    );
 }
 
 #[test]
@@ -385,21 +424,50 @@ fn import_validates_the_secret() {
 
 #[test]
 fn corrupt_key_stores_are_refused() {
-    let cases: &[(&str, fn(&Path), &str)] = &[
-        ("garbage manifest", |k| fs::write(k.join("manifest.toml"), "version = 1\ncount = [\n").unwrap(), "corrupt key store"),
-        ("truncated manifest", |k| {
-            let m = manifest(k);
-            fs::write(k.join("manifest.toml"), &m[..m.rfind("[[key]]").unwrap()]).unwrap()
-        }, "truncated"),
-        ("truncated secret", |k| fs::write(k.join("key-1.secret"), "abcdef\n").unwrap(), "fingerprint"),
+    type Damage = fn(&Path);
+    let cases: &[(&str, Damage, &str)] = &[
+        (
+            "garbage manifest",
+            |k| fs::write(k.join("manifest.toml"), "version = 1\ncount = [\n").unwrap(),
+            "corrupt key store",
+        ),
+        (
+            "truncated manifest",
+            |k| {
+                let m = manifest(k);
+                fs::write(k.join("manifest.toml"), &m[..m.rfind("[[key]]").unwrap()]).unwrap()
+            },
+            "truncated",
+        ),
+        (
+            "truncated secret",
+            |k| fs::write(k.join("key-1.secret"), "abcdef\n").unwrap(),
+            "fingerprint",
+        ),
         ("empty secret", |k| fs::write(k.join("key-1.secret"), "").unwrap(), "empty secret"),
-        ("world-readable secret", |k| fs::set_permissions(k.join("key-1.secret"), fs::Permissions::from_mode(0o644)).unwrap(), "accessible to everyone"),
-        ("missing secret", |k| fs::remove_file(k.join("key-1.secret")).unwrap(), "key-1.secret"),
-        ("secrets without manifest", |k| fs::remove_file(k.join("manifest.toml")).unwrap(), "no manifest"),
-        ("two active keys", |k| {
-            let m = manifest(k).replace("state = \"standby\"", "state = \"active\"");
-            fs::write(k.join("manifest.toml"), m).unwrap()
-        }, "more than one active key"),
+        (
+            "world-readable secret",
+            |k| fs::set_permissions(k.join("key-1.secret"), fs::Permissions::from_mode(0o644)).unwrap(),
+            "accessible to everyone",
+        ),
+        (
+            "missing secret",
+            |k| fs::remove_file(k.join("key-1.secret")).unwrap(),
+            "key-1.secret",
+        ),
+        (
+            "secrets without manifest",
+            |k| fs::remove_file(k.join("manifest.toml")).unwrap(),
+            "no manifest",
+        ),
+        (
+            "two active keys",
+            |k| {
+                let m = manifest(k).replace("state = \"standby\"", "state = \"active\"");
+                fs::write(k.join("manifest.toml"), m).unwrap()
+            },
+            "more than one active key",
+        ),
     ];
     for (name, damage, needle) in cases {
         let (_t, k) = store();
@@ -407,7 +475,12 @@ fn corrupt_key_stores_are_refused() {
         let signed = sign(&k, TODAY, &[], "a@example.com");
         damage(&k);
         let before = listing(&k);
-        for args in [&["--now", TODAY, "verify", signed.as_str()][..], &["--now", TODAY, "sign", "a@example.com"], &["--now", TODAY, "keys", "rotate"], &["keys", "list"]] {
+        for args in [
+            &["--now", TODAY, "verify", signed.as_str()][..],
+            &["--now", TODAY, "sign", "a@example.com"],
+            &["--now", TODAY, "keys", "rotate"],
+            &["keys", "list"],
+        ] {
             let r = batv(&k, args);
             let code = if *name == "missing secret" { 74 } else { 78 };
             assert_eq!(r.code, code, "{name} {args:?}: {}", r.err);
@@ -445,7 +518,12 @@ fn as_nobody(keys: &Path, args: &[&str]) -> Option<Run> {
     if unsafe { libc::geteuid() } != 0 {
         return None;
     }
-    let o = Command::new("setpriv").args(["--reuid=65534", "--regid=65534", "--clear-groups", BIN, "--keys"]).arg(keys).args(args).output().ok()?;
+    let o = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", BIN, "--keys"])
+        .arg(keys)
+        .args(args)
+        .output()
+        .ok()?;
     Some(to_run(o))
 }
 
@@ -533,14 +611,22 @@ fn config_errors_name_file_line_and_key() {
     let r = batv(&k, &["--config", c, "config", "check"]);
     assert_eq!((r.code, r.out.clone()), (0, format!("{c}: OK\n")), "{}", r.err);
     let r = batv(&k, &["--config", c, "config", "show"]);
-    assert!(r.out.contains("scheme = \"prvs\"") && r.out.contains("protected_domains = [\"example.com\"]"), "{}", r.out);
+    assert!(
+        r.out.contains("scheme = \"prvs\"") && r.out.contains("protected_domains = [\"example.com\"]"),
+        "{}",
+        r.out
+    );
     // config show's output is itself a valid config file.
     fs::write(&cfg, &r.out).unwrap();
     assert_eq!(batv(&k, &["--config", c, "config", "check"]).code, 0);
     // The config's scheme and lifetime drive signing; the keys dir comes from --keys.
     fs::create_dir(&k).unwrap();
     let r = batv(&k, &["--config", c, "--now", TODAY, "sign", "a@example.com"]);
-    assert!(r.out.starts_with("prvs=1790") && r.out.len() == "prvs=1790abcdef=a@example.com\n".len(), "{}", r.out);
+    assert!(
+        r.out.starts_with("prvs=1790") && r.out.len() == "prvs=1790abcdef=a@example.com\n".len(),
+        "{}",
+        r.out
+    );
     let r = batv(&k, &["--config", "/nonexistent/batv.toml", "config", "check"]);
     assert_one_line_error(&r, 78, "/nonexistent/batv.toml");
 }

@@ -19,7 +19,10 @@ fn local() -> impl Strategy<Value = String> {
 }
 
 fn domain() -> impl Strategy<Value = String> {
-    prop_oneof!["[a-zA-Z0-9]([a-zA-Z0-9-]{0,10}[a-zA-Z0-9])?(\\.[a-zA-Z]{2,6}){1,2}", "[a-zäöüß]{2,8}\\.example",]
+    prop_oneof![
+        "[a-zA-Z0-9]([a-zA-Z0-9-]{0,10}[a-zA-Z0-9])?(\\.[a-zA-Z]{2,6}){1,2}",
+        "[a-zäöüß]{2,8}\\.example",
+    ]
 }
 
 fn keys() -> Vec<TagKey> {
