@@ -43,6 +43,34 @@ pub enum Command {
     /// Validate or print the configuration
     #[command(subcommand, disable_help_subcommand = true)]
     Config(ConfigCommand),
+    /// The sendmail wrapper: sign the envelope sender, then run the real sendmail
+    #[command(long_about = SENDMAIL_ABOUT, disable_help_flag = true)]
+    Sendmail(SendmailArgs),
+}
+
+const SENDMAIL_ABOUT: &str = "\
+A drop-in for /usr/sbin/sendmail: signs the envelope sender and runs the real sendmail
+(sendmail.path) with the same arguments, only the sender's value changed. Also runs this
+way when the binary is invoked as `sendmail` (a symlink or a copy); then only the default
+configuration file is read and --config, --keys and --now do not exist.
+
+The sender is the last -f or -r; without one, the login name at sendmail.default_domain,
+passed on as -f. Not signed: the null sender, senders outside sign_domains, tagged and SRS
+senders, mail to exempt_recipients (from the arguments, or with -t from To, Cc and Bcc),
+and the modes -bp, -bi, -bv, -q and -I (also as mailq and newaliases), which are passed on
+untouched. Without -t exemptions, the real sendmail is executed in place of batv and reads
+the message itself. With -bs, batv relays the SMTP session to `sendmail.path -bs` and signs
+MAIL FROM there (exempt_recipients does not apply to -bs sessions).
+
+If the keys cannot be read, on_error = \"pass\" sends unsigned with a warning on stderr and
+in syslog (facility mail); \"tempfail\" exits 75. The exit status is the real sendmail's. A
+sendmail.path that leads back to batv is refused (exit 78).";
+
+#[derive(Debug, Args)]
+pub struct SendmailArgs {
+    /// sendmail options and recipients, passed on (e.g. -t -i -f alice@example.com)
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "ARGS")]
+    pub args: Vec<std::ffi::OsString>,
 }
 
 /// Sign each ADDRESS with the active key and print it. Addresses that must not be signed

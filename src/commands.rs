@@ -1,6 +1,7 @@
 //! The CLI commands: each returns a sysexits code; errors are printed once, here, as one
 //! line on stderr. Only `main` turns the code into a process exit.
 
+use std::ffi::OsString;
 use std::io::{self, BufRead, Read, Write};
 use std::path::{Path, PathBuf};
 
@@ -9,6 +10,7 @@ use crate::cli::{Cli, Command, ConfigCommand, KeysCommand, SignArgs, StripArgs, 
 use crate::config::{self, Config, ConfigError};
 use crate::exit::*;
 use crate::keys::{self, Change, KeyError, KeySet, KeyStore, Secret};
+use crate::sendmail::Wrapper;
 use crate::tag::{self, Verdict};
 use crate::time;
 
@@ -93,12 +95,17 @@ impl Context {
 
 /// Run a parsed command line.
 pub fn run(cli: Cli) -> u8 {
+    if crate::privilege::is_privileged() {
+        eprintln!("batv: refusing to run with set-id privileges; a set-id batv runs only as `sendmail`");
+        return EX_CONFIG;
+    }
     let result = Context::new(&cli).and_then(|ctx| match cli.command {
         Command::Sign(a) => sign(&ctx, a),
         Command::Verify(a) => verify(&ctx, a),
         Command::Strip(a) => strip(a),
         Command::Keys(k) => keys_cmd(&ctx, k),
         Command::Config(c) => config_cmd(&ctx, c),
+        Command::Sendmail(a) => Ok(wrapper(ctx, OsString::from("sendmail")).run(a.args)),
     });
     match result {
         Ok(code) => code,
@@ -107,6 +114,35 @@ pub fn run(cli: Cli) -> u8 {
             e.exit_code()
         }
     }
+}
+
+fn wrapper(ctx: Context, argv0: OsString) -> Wrapper {
+    Wrapper {
+        privileged: crate::privilege::is_privileged(),
+        config: ctx.config,
+        keys_dir: ctx.keys_dir,
+        now: ctx.now,
+        argv0,
+    }
+}
+
+/// The binary was invoked as `sendmail`, `mailq` or `newaliases`: the wrapper with the
+/// default configuration and nothing overridable (it may be set-id).
+pub fn run_as_sendmail(argv0: OsString, args: Vec<OsString>) -> u8 {
+    let ctx = match Config::load(None) {
+        Ok(config) => Context {
+            keys_dir: config.keys_dir.clone().unwrap_or_else(config::default_keys_dir),
+            config_path: config::default_config_path(),
+            config,
+            now: time::system_now(),
+        },
+        Err(e) => {
+            eprintln!("batv sendmail: {e}");
+            crate::syslog::error(&e.to_string());
+            return e.exit_code();
+        }
+    };
+    wrapper(ctx, argv0).run(args)
 }
 
 /// Addresses from the arguments, or one per line from stdin if there are none.
@@ -158,6 +194,11 @@ fn sign(ctx: &Context, a: SignArgs) -> Result<u8, CliError> {
                 continue;
             }
         };
+        if let Ok(tag::Parsed::Malformed(why)) = tag::parse(s) {
+            eprintln!("batv: {}: invalid address: malformed tag: {why}", shown(s));
+            code = EX_DATAERR;
+            continue;
+        }
         if let Some(skip) = tag::structural_skip(&addr, scheme) {
             writeln!(out, "{s}")?;
             eprintln!("batv: {}: not signed ({})", shown(s), skip.name());

@@ -1,7 +1,8 @@
 //! batv: Bounce Address Tag Validation.
 //!
-//! The core (`address`, `tag`, `keys`, `config`, `time`) knows nothing of the modes that use
-//! it; the CLI (`cli`, `commands`) sits on top. The library never exits the process.
+//! The core (`address`, `tag`, `keys`, `config`, `signer`, `time`) knows nothing of the
+//! modes that use it. The SMTP layer (`smtp`, `session`) and the modes (`sendmail`) sit on
+//! it, and the CLI (`cli`, `commands`) on top. The library never exits the process.
 
 pub mod address;
 pub mod cli;
@@ -9,5 +10,11 @@ pub mod commands;
 pub mod config;
 pub mod exit;
 pub mod keys;
+pub mod privilege;
+pub mod sendmail;
+pub mod session;
+pub mod signer;
+pub mod smtp;
+pub mod syslog;
 pub mod tag;
 pub mod time;

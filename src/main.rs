@@ -1,8 +1,16 @@
+use std::path::Path;
 use std::process::ExitCode;
 
 use clap::Parser;
 
 fn main() -> ExitCode {
+    let mut args = std::env::args_os();
+    let argv0 = args.next().unwrap_or_default();
+    // Installed as /usr/sbin/sendmail (or mailq, newaliases): be the sendmail wrapper.
+    let name = Path::new(&argv0).file_name().and_then(|n| n.to_str()).unwrap_or("");
+    if matches!(name, "sendmail" | "mailq" | "newaliases") {
+        return ExitCode::from(batv::commands::run_as_sendmail(argv0, args.collect()));
+    }
     let cli = match batv::cli::Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {

@@ -230,6 +230,10 @@ fn malformed_addresses_exit_65_with_one_line() {
         let r = batv(&k, &["strip", addr]);
         assert_one_line_error(&r, 65, needle);
     }
+    for bare in ["prvs=@example.com", "prvs=1787=a@example.com"] {
+        let r = batv(&k, &["--now", TODAY, "sign", bare]);
+        assert_one_line_error(&r, 65, "malformed tag");
+    }
     // A bare prvs= is an address with a malformed tag: a verification failure.
     let r = batv(&k, &["--now", TODAY, "verify", "prvs=@example.com"]);
     assert_one_line_error(&r, 1, "malformed");

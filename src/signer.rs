@@ -1,0 +1,105 @@
+//! The signing policy shared by every mode: which envelope senders get a tag, and the tag.
+
+use crate::address::{self, AddressError, DomainSet};
+use crate::config::Config;
+use crate::keys::{KeyError, KeySet};
+use crate::tag::{self, Scheme, Skip};
+
+/// What happened to one sender.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Signed(String),
+    /// Left unchanged, and why.
+    Skipped(Skip),
+    /// Not an address we can read: left unchanged for the MTA to judge.
+    Invalid(AddressError),
+}
+
+/// Signs senders of the configured domains with the active key.
+#[derive(Debug, Clone)]
+pub struct Signer {
+    keys: KeySet,
+    scheme: Scheme,
+    lifetime: u16,
+    domains: DomainSet,
+}
+
+impl Signer {
+    pub fn new(keys: KeySet, config: &Config) -> Result<Self, KeyError> {
+        if keys.active().is_none() {
+            return Err(KeyError::NoActiveKey);
+        }
+        Ok(Signer {
+            keys,
+            scheme: config.scheme,
+            lifetime: config.lifetime_days,
+            domains: config.sign_domain_set(),
+        })
+    }
+
+    /// Sign `sender` (bare `local@domain`, no angle brackets) as of Unix day `today`.
+    pub fn sign(&self, sender: &str, today: i64) -> Outcome {
+        if sender.is_empty() {
+            return Outcome::Skipped(Skip::NullSender);
+        }
+        let addr = match address::parse(sender) {
+            Ok(a) => a,
+            Err(e) => return Outcome::Invalid(e),
+        };
+        if !self.domains.contains(addr.domain) {
+            return Outcome::Skipped(Skip::ForeignDomain);
+        }
+        if let Some(skip) = tag::structural_skip(&addr, self.scheme) {
+            return Outcome::Skipped(skip);
+        }
+        // `new` checked that there is an active key.
+        let Some(key) = self.keys.active() else {
+            return Outcome::Skipped(Skip::NullSender);
+        };
+        match tag::sign(&key.tag, key.info.id, self.scheme, &addr, tag::day_stamp(today, self.lifetime)) {
+            Ok(s) => Outcome::Signed(s),
+            Err(e) => Outcome::Invalid(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::{Key, KeyInfo, Secret, State};
+
+    pub fn signer(domains: &[&str]) -> Signer {
+        let secret = Secret::new(b"test".to_vec()).unwrap();
+        let key = Key {
+            tag: tag::TagKey::new(secret.expose()),
+            info: KeyInfo {
+                id: 2,
+                state: State::Active,
+                created: 0,
+                activated: None,
+                retired: None,
+                fingerprint: secret.fingerprint(),
+            },
+            secret,
+        };
+        let config = Config {
+            sign_domains: domains.iter().map(|d| d.to_string()).collect(),
+            ..Config::default()
+        };
+        Signer::new(KeySet::from_keys(vec![key]).unwrap(), &config).unwrap()
+    }
+
+    #[test]
+    fn signs_only_local_domains() {
+        let s = signer(&["example.com"]);
+        assert!(matches!(s.sign("alice@Example.com", 20_780), Outcome::Signed(t) if t.starts_with("prvs=2787")));
+        assert_eq!(s.sign("alice@example.org", 20_780), Outcome::Skipped(Skip::ForeignDomain));
+        assert_eq!(s.sign("", 20_780), Outcome::Skipped(Skip::NullSender));
+        assert_eq!(s.sign("SRS0=a=b=c=d@example.com", 20_780), Outcome::Skipped(Skip::Srs));
+        assert_eq!(
+            s.sign("prvs=2787abcdefgh=a@example.com", 20_780),
+            Outcome::Skipped(Skip::AlreadyTagged)
+        );
+        assert!(matches!(s.sign("nope", 20_780), Outcome::Invalid(_)));
+    }
+}

@@ -1,0 +1,405 @@
+//! SMTP framing: command lines with length limits, multi-line replies, and the raw DATA and
+//! BDAT streams. Reads are bounded; nothing here buffers a message.
+
+use std::io;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// RFC 5321 §4.5.3.1.4: a command line is at most 512 octets with CRLF.
+pub const MAX_COMMAND_LINE: usize = 512;
+/// RFC 4954 §4: AUTH lines may carry 12 288 octets of initial response.
+pub const MAX_AUTH_LINE: usize = 12_288;
+/// Replies: generous, but bounded (RFC 5321 allows 512 per line).
+const MAX_REPLY_LINE: usize = 4096;
+const MAX_REPLY_LINES: usize = 200;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SmtpError {
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    #[error("timed out {0}")]
+    Timeout(&'static str),
+    #[error("connection closed {0}")]
+    Closed(&'static str),
+    #[error("malformed reply from the downstream: {0}")]
+    BadReply(String),
+}
+
+/// A line read, or why there is none.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Line {
+    /// A complete line, including its line ending, in the caller's buffer.
+    Complete,
+    /// Longer than the limit: the rest up to the newline was discarded.
+    TooLong,
+    /// End of stream (a partial line without newline counts as end).
+    Eof,
+}
+
+/// Read one line (up to and including `\n`) into `buf`, at most `max` octets.
+pub async fn read_line<R: AsyncBufRead + Unpin>(r: &mut R, buf: &mut Vec<u8>, max: usize) -> io::Result<Line> {
+    buf.clear();
+    let mut too_long = false;
+    loop {
+        let avail = r.fill_buf().await?;
+        if avail.is_empty() {
+            return Ok(Line::Eof);
+        }
+        let (take, done) = match avail.iter().position(|&b| b == b'\n') {
+            Some(i) => (i + 1, true),
+            None => (avail.len(), false),
+        };
+        if !too_long {
+            if buf.len() + take > max {
+                too_long = true;
+                buf.clear();
+            } else {
+                buf.extend_from_slice(&avail[..take]);
+            }
+        }
+        r.consume(take);
+        if done {
+            return Ok(if too_long { Line::TooLong } else { Line::Complete });
+        }
+    }
+}
+
+/// A complete (possibly multi-line) reply, kept byte for byte.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    pub code: u16,
+    pub raw: Vec<u8>,
+}
+
+impl Reply {
+    /// A reply of our own: `code` with an enhanced status code and text. Multi-line if
+    /// `text` has several lines.
+    pub fn new(code: u16, enhanced: &str, text: &str) -> Self {
+        let lines: Vec<&str> = text.lines().collect();
+        let mut raw = Vec::new();
+        for (i, l) in lines.iter().enumerate() {
+            let sep = if i + 1 == lines.len() { ' ' } else { '-' };
+            if enhanced.is_empty() {
+                raw.extend_from_slice(format!("{code}{sep}{l}\r\n").as_bytes());
+            } else {
+                raw.extend_from_slice(format!("{code}{sep}{enhanced} {l}\r\n").as_bytes());
+            }
+        }
+        Reply { code, raw }
+    }
+
+    pub fn is_positive(&self) -> bool {
+        (200..400).contains(&self.code)
+    }
+
+    pub fn is_transient(&self) -> bool {
+        (400..500).contains(&self.code)
+    }
+
+    /// The reply's lines without code and separator (e.g. EHLO keywords).
+    pub fn lines(&self) -> impl Iterator<Item = &[u8]> {
+        self.raw.split_inclusive(|&b| b == b'\n').map(|l| {
+            let l = l.strip_suffix(b"\n").unwrap_or(l);
+            let l = l.strip_suffix(b"\r").unwrap_or(l);
+            l.get(4..).unwrap_or(b"")
+        })
+    }
+
+    /// Rebuild a multi-line reply from kept lines (same code), e.g. a filtered EHLO reply.
+    pub fn from_lines<'a>(code: u16, lines: impl IntoIterator<Item = &'a [u8]>) -> Self {
+        let lines: Vec<&[u8]> = lines.into_iter().collect();
+        let mut raw = Vec::new();
+        for (i, l) in lines.iter().enumerate() {
+            raw.extend_from_slice(code.to_string().as_bytes());
+            raw.push(if i + 1 == lines.len() { b' ' } else { b'-' });
+            raw.extend_from_slice(l);
+            raw.extend_from_slice(b"\r\n");
+        }
+        Reply { code, raw }
+    }
+
+    /// First line's text, for logs.
+    pub fn first_text(&self) -> String {
+        String::from_utf8_lossy(self.lines().next().unwrap_or(b"")).into_owned()
+    }
+}
+
+/// Read a reply: lines `ddd-text` ending with `ddd text` (or a bare `ddd`).
+pub async fn read_reply<R: AsyncBufRead + Unpin>(r: &mut R) -> Result<Reply, SmtpError> {
+    let mut raw = Vec::new();
+    let mut line = Vec::new();
+    let mut code = None;
+    for _ in 0..MAX_REPLY_LINES {
+        match read_line(r, &mut line, MAX_REPLY_LINE).await? {
+            Line::Eof => return Err(SmtpError::Closed("by the downstream")),
+            Line::TooLong => return Err(SmtpError::BadReply("line too long".into())),
+            Line::Complete => {}
+        }
+        let digits = line
+            .get(..3)
+            .filter(|d| d.iter().all(u8::is_ascii_digit) && d[0] >= b'2' && d[0] <= b'5');
+        let Some(d) = digits else {
+            return Err(SmtpError::BadReply(String::from_utf8_lossy(&line).trim_end().to_string()));
+        };
+        let c = (d[0] - b'0') as u16 * 100 + (d[1] - b'0') as u16 * 10 + (d[2] - b'0') as u16;
+        if *code.get_or_insert(c) != c {
+            return Err(SmtpError::BadReply("reply code changed between lines".into()));
+        }
+        // Normalise line endings to CRLF so what we pass on is valid SMTP.
+        let body = line.strip_suffix(b"\n").unwrap_or(&line);
+        let body = body.strip_suffix(b"\r").unwrap_or(body);
+        raw.extend_from_slice(body);
+        raw.extend_from_slice(b"\r\n");
+        match line.get(3) {
+            Some(b'-') => continue,
+            _ => return Ok(Reply { code: c, raw }),
+        }
+    }
+    Err(SmtpError::BadReply("too many lines".into()))
+}
+
+/// `read_reply` with a deadline.
+pub async fn read_reply_within<R: AsyncBufRead + Unpin>(r: &mut R, limit: Duration, what: &'static str) -> Result<Reply, SmtpError> {
+    tokio::time::timeout(limit, read_reply(r))
+        .await
+        .map_err(|_| SmtpError::Timeout(what))?
+}
+
+/// Scanner state for the end of DATA (`CRLF . CRLF`), starting at the beginning of a line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scan {
+    LineStart,
+    InLine,
+    Cr,
+    Dot,
+    DotCr,
+}
+
+/// How a DATA stream ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum DataEnd {
+    /// The terminating `.` line was relayed: the downstream has the whole message.
+    Complete { bytes: u64 },
+    /// The client closed or timed out first; the terminator was NOT sent.
+    Incomplete,
+}
+
+/// Relay a DATA stream from `client` to `down` until the lone `.` line, which is relayed
+/// too. Bytes pass unchanged, except that a bare LF becomes CRLF, so that the proxy and the
+/// downstream agree on where lines (and the message) end: a stray `\n.\n` cannot end the
+/// message for one and not the other (SMTP smuggling). Memory use is the reader's buffer.
+/// `tap`, if given, sees the relayed bytes (for a header check).
+pub async fn relay_data<R, W>(
+    client: &mut R,
+    down: &mut W,
+    idle: Duration,
+    mut tap: Option<&mut Vec<u8>>,
+    tap_max: usize,
+) -> Result<DataEnd, SmtpError>
+where
+    R: AsyncBufRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut state = Scan::LineStart;
+    let mut out: Vec<u8> = Vec::with_capacity(16 * 1024);
+    let mut total = 0u64;
+    loop {
+        let avail = match tokio::time::timeout(idle, client.fill_buf()).await {
+            Ok(r) => r?,
+            Err(_) => return Ok(DataEnd::Incomplete),
+        };
+        if avail.is_empty() {
+            return Ok(DataEnd::Incomplete);
+        }
+        out.clear();
+        let mut consumed = avail.len();
+        let mut finished = false;
+        for (i, &b) in avail.iter().enumerate() {
+            if b == b'\n' && !matches!(state, Scan::Cr | Scan::DotCr) {
+                out.push(b'\r');
+            }
+            out.push(b);
+            state = match (state, b) {
+                (Scan::Dot | Scan::DotCr, b'\n') => {
+                    finished = true;
+                    consumed = i + 1;
+                    break;
+                }
+                (_, b'\n') => Scan::LineStart,
+                (Scan::LineStart, b'.') => Scan::Dot,
+                (Scan::Dot, b'\r') => Scan::DotCr,
+                (_, b'\r') => Scan::Cr,
+                _ => Scan::InLine,
+            };
+        }
+        client.consume(consumed);
+        if let Some(t) = tap.as_deref_mut() {
+            let room = tap_max.saturating_sub(t.len());
+            t.extend_from_slice(&out[..out.len().min(room)]);
+        }
+        total += out.len() as u64;
+        down.write_all(&out).await?;
+        if finished {
+            down.flush().await?;
+            return Ok(DataEnd::Complete { bytes: total });
+        }
+    }
+}
+
+/// Relay exactly `n` octets (a BDAT chunk) from `client` to `down`. Returns false if the
+/// client went away first.
+pub async fn relay_exact<R, W>(client: &mut R, down: &mut W, mut n: u64, idle: Duration) -> Result<bool, SmtpError>
+where
+    R: AsyncBufRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    while n > 0 {
+        let avail = match tokio::time::timeout(idle, client.fill_buf()).await {
+            Ok(r) => r?,
+            Err(_) => return Ok(false),
+        };
+        if avail.is_empty() {
+            return Ok(false);
+        }
+        let take = avail.len().min(n as usize);
+        down.write_all(&avail[..take]).await?;
+        client.consume(take);
+        n -= take as u64;
+    }
+    Ok(true)
+}
+
+/// Discard exactly `n` octets (a BDAT chunk we refuse). Returns false on early end.
+pub async fn discard_exact<R: AsyncBufRead + Unpin>(client: &mut R, n: u64, idle: Duration) -> Result<bool, SmtpError> {
+    relay_exact(client, &mut tokio::io::sink(), n, idle).await
+}
+
+/// Read and drop whatever a client still sends (best effort) — unused bytes after a
+/// refusal do not matter.
+pub async fn drain<R: tokio::io::AsyncRead + Unpin>(r: &mut R) {
+    let mut buf = [0u8; 4096];
+    while matches!(r.read(&mut buf).await, Ok(n) if n > 0) {}
+}
+
+/// Locate the path inside `MAIL FROM:<...>` / `RCPT TO:<...>`: the byte range between the
+/// angle brackets (quoted strings may hold `>`).
+pub fn path_span(line: &[u8]) -> Option<std::ops::Range<usize>> {
+    let colon = line.iter().position(|&b| b == b':')?;
+    let mut i = colon + 1;
+    while line.get(i) == Some(&b' ') {
+        i += 1;
+    }
+    if line.get(i) != Some(&b'<') {
+        return None;
+    }
+    let start = i + 1;
+    let mut quoted = false;
+    let mut j = start;
+    while j < line.len() {
+        match line[j] {
+            b'\\' if quoted => j += 1,
+            b'"' => quoted = !quoted,
+            b'>' if !quoted => return Some(start..j),
+            b'\r' | b'\n' => return None,
+            _ => {}
+        }
+        j += 1;
+    }
+    None
+}
+
+/// Replace the path of a MAIL/RCPT line, keeping everything else byte for byte.
+pub fn with_path(line: &[u8], span: std::ops::Range<usize>, path: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(line.len() + path.len());
+    out.extend_from_slice(&line[..span.start]);
+    out.extend_from_slice(path.as_bytes());
+    out.extend_from_slice(&line[span.end..]);
+    out
+}
+
+/// The SMTP path (no source route, no brackets) as a string, as our address code reads it.
+pub fn path_address(path: &[u8]) -> Option<&str> {
+    let p = std::str::from_utf8(path).ok()?;
+    // A source route (`@a,@b:user@host`) is obsolete; ignore it (RFC 5321 §4.1.2).
+    Some(match p.strip_prefix('@').and_then(|_| p.find(':')) {
+        Some(i) => &p[i + 1..],
+        None => p,
+    })
+}
+
+/// Write all and flush.
+pub async fn send<W: AsyncWrite + Unpin>(w: &mut W, bytes: &[u8]) -> io::Result<()> {
+    w.write_all(bytes).await?;
+    w.flush().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn scan(input: &[u8]) -> (DataEnd, Vec<u8>, Vec<u8>) {
+        let mut r = tokio::io::BufReader::with_capacity(7, input);
+        let mut out = Vec::new();
+        let end = relay_data(&mut r, &mut out, Duration::from_secs(1), None, 0).await.unwrap();
+        let mut rest = Vec::new();
+        r.read_to_end(&mut rest).await.unwrap();
+        (end, out, rest)
+    }
+
+    #[tokio::test]
+    async fn data_ends_only_at_a_lone_dot() {
+        let (end, out, rest) = scan(b"a\r\n..b\r\n.x\r\n.\r\nQUIT\r\n").await;
+        assert_eq!(end, DataEnd::Complete { bytes: 15 });
+        assert_eq!(out, b"a\r\n..b\r\n.x\r\n.\r\n");
+        assert_eq!(rest, b"QUIT\r\n");
+        // Empty message.
+        let (end, out, _) = scan(b".\r\n").await;
+        assert_eq!((end, out), (DataEnd::Complete { bytes: 3 }, b".\r\n".to_vec()));
+        // Bare LFs become CRLF, so "\n.\n" ends the message for everyone.
+        let (end, out, rest) = scan(b"a\nb\n.\nMAIL FROM:<x>\r\n").await;
+        assert_eq!(end, DataEnd::Complete { bytes: 9 });
+        assert_eq!(out, b"a\r\nb\r\n.\r\n");
+        assert_eq!(rest, b"MAIL FROM:<x>\r\n");
+        // A bare CR is data.
+        let (_, out, _) = scan(b"a\r.\r\n\r\n.\r\n").await;
+        assert_eq!(out, b"a\r.\r\n\r\n.\r\n");
+        // Cut off: incomplete, and the terminator was never written.
+        let (end, out, _) = scan(b"a\r\nb\r\n.").await;
+        assert_eq!(end, DataEnd::Incomplete);
+        assert!(!out.ends_with(b".\r\n"));
+    }
+
+    #[tokio::test]
+    async fn replies() {
+        let mut r = &b"250-mx.example\r\n250-PIPELINING\n250 SIZE 1000\r\n354 go\r\n"[..];
+        let rep = read_reply(&mut r).await.unwrap();
+        assert_eq!(rep.code, 250);
+        assert_eq!(rep.lines().collect::<Vec<_>>(), [&b"mx.example"[..], b"PIPELINING", b"SIZE 1000"]);
+        assert_eq!(read_reply(&mut r).await.unwrap().code, 354);
+        assert!(read_reply(&mut r).await.is_err());
+        assert!(read_reply(&mut &b"hello\r\n"[..]).await.is_err());
+        assert_eq!(Reply::new(550, "5.7.1", "no\nreally").raw, b"550-5.7.1 no\r\n550 5.7.1 really\r\n");
+    }
+
+    #[tokio::test]
+    async fn lines_are_bounded() {
+        let mut r = tokio::io::BufReader::with_capacity(4, &b"0123456789\r\nok\r\n"[..]);
+        let mut buf = Vec::new();
+        assert_eq!(read_line(&mut r, &mut buf, 8).await.unwrap(), Line::TooLong);
+        assert_eq!(read_line(&mut r, &mut buf, 8).await.unwrap(), Line::Complete);
+        assert_eq!(buf, b"ok\r\n");
+        assert_eq!(read_line(&mut r, &mut buf, 8).await.unwrap(), Line::Eof);
+    }
+
+    #[test]
+    fn paths() {
+        let l = b"MAIL FROM:<\"a>b\"@x.org> SIZE=10\r\n";
+        let s = path_span(l).unwrap();
+        assert_eq!(&l[s.clone()], b"\"a>b\"@x.org");
+        assert_eq!(with_path(l, s, "new@x.org"), b"MAIL FROM:<new@x.org> SIZE=10\r\n");
+        assert_eq!(path_span(b"MAIL FROM: <> BODY=8BITMIME\r\n"), Some(12..12));
+        assert_eq!(path_span(b"MAIL FROM:alice@x\r\n"), None);
+        assert_eq!(path_address(b"@relay.example:bob@x.org"), Some("bob@x.org"));
+    }
+}

@@ -1,0 +1,64 @@
+#!/usr/bin/python3
+"""An SMTP sink on 127.0.0.1 (aiosmtpd) that records every message.
+
+Usage: sink.py RECORD_FILE [SECONDS]
+Prints "PORT <n>" when ready. Each accepted message is appended to RECORD_FILE as one JSON
+line: mail_from, rcpt_tos, mail_options, rcpt_options, size, sha256, data (latin-1 text).
+Exits after SECONDS (default 120) or when stdin closes, whichever comes first.
+"""
+import hashlib
+import json
+import socket
+import sys
+import threading
+import time
+
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP
+
+
+class Recorder:
+    def __init__(self, path):
+        self.path = path
+        self.lock = threading.Lock()
+
+    async def handle_DATA(self, server, session, envelope):
+        data = envelope.original_content or b""
+        rec = {
+            "mail_from": envelope.mail_from,
+            "rcpt_tos": envelope.rcpt_tos,
+            "mail_options": envelope.mail_options,
+            "rcpt_options": envelope.rcpt_options,
+            "size": len(data),
+            "sha256": hashlib.sha256(data).hexdigest(),
+            "data": data.decode("latin-1") if len(data) < 1 << 16 else "",
+        }
+        with self.lock, open(self.path, "a") as f:
+            f.write(json.dumps(rec) + "\n")
+        return "250 2.0.0 Ok: queued as SINK%d" % (int(time.time() * 1000) % 100000)
+
+
+class Controller8(Controller):
+    def factory(self):
+        return SMTP(self.handler, enable_SMTPUTF8=True, decode_data=False, data_size_limit=64 << 20)
+
+
+def main():
+    path = sys.argv[1]
+    limit = float(sys.argv[2]) if len(sys.argv) > 2 else 120
+    # aiosmtpd's Controller connects to its own port to check it is up: pick one first.
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    c = Controller8(Recorder(path), hostname="127.0.0.1", port=port)
+    c.start()
+    print("PORT %d" % port, flush=True)
+    done = threading.Event()
+    threading.Thread(target=lambda: (sys.stdin.read(), done.set()), daemon=True).start()
+    done.wait(limit)
+    c.stop()
+
+
+if __name__ == "__main__":
+    main()
