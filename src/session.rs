@@ -130,7 +130,7 @@ where
     DW: AsyncWrite + Unpin,
     P: Policy,
 {
-    async fn to_client(&mut self, reply: &Reply) -> Result<(), SmtpError> {
+    async fn reply_client(&mut self, reply: &Reply) -> Result<(), SmtpError> {
         smtp::send(&mut self.client_w, &reply.raw).await?;
         Ok(())
     }
@@ -152,17 +152,17 @@ where
             Ok(g) => g,
             Err(e) => {
                 let _ = self
-                    .to_client(&Reply::new(421, "4.4.2", "Service not available, try again later"))
+                    .reply_client(&Reply::new(421, "4.4.2", "Service not available, try again later"))
                     .await;
                 return Err(e);
             }
         };
-        self.to_client(&greeting).await?;
+        self.reply_client(&greeting).await?;
         let result = self.commands(&mut summary).await;
         if let Err(SmtpError::Closed("by the downstream") | SmtpError::Timeout(_) | SmtpError::BadReply(_)) = &result {
             // The downstream failed us: tell the client to come back later.
             let _ = self
-                .to_client(&Reply::new(421, "4.4.2", "Lost the next hop, try again later"))
+                .reply_client(&Reply::new(421, "4.4.2", "Lost the next hop, try again later"))
                 .await;
         }
         result.map(|()| summary)
@@ -178,14 +178,14 @@ where
             .await;
             match read {
                 Err(_) => {
-                    self.to_client(&Reply::new(421, "4.4.2", "Timeout waiting for a command, closing"))
+                    self.reply_client(&Reply::new(421, "4.4.2", "Timeout waiting for a command, closing"))
                         .await?;
                     return Ok(());
                 }
                 Ok(r) => match r? {
                     Line::Eof => return Ok(()),
                     Line::TooLong => {
-                        self.to_client(&Reply::new(500, "5.5.2", "Line too long")).await?;
+                        self.reply_client(&Reply::new(500, "5.5.2", "Line too long")).await?;
                         continue;
                     }
                     Line::Complete => {}
@@ -193,7 +193,7 @@ where
             }
             let v = verb(&line);
             if !matches!(v, Verb::Auth) && line.len() > smtp::MAX_COMMAND_LINE {
-                self.to_client(&Reply::new(500, "5.5.2", "Line too long")).await?;
+                self.reply_client(&Reply::new(500, "5.5.2", "Line too long")).await?;
                 continue;
             }
             match v {
@@ -204,7 +204,7 @@ where
                         continue;
                     }
                     let reply = self.exchange(&line, "waiting for the reply to DATA").await?;
-                    self.to_client(&reply).await?;
+                    self.reply_client(&reply).await?;
                     if reply.code != 354 {
                         continue;
                     }
@@ -234,7 +234,7 @@ where
                         self.finish_message(summary).await?;
                     } else {
                         let reply = self.down_reply("waiting for the reply to BDAT").await?;
-                        self.to_client(&reply).await?;
+                        self.reply_client(&reply).await?;
                         if !reply.is_positive() {
                             self.policy.reset();
                         }
@@ -243,11 +243,11 @@ where
                 Verb::Rset => {
                     let reply = self.exchange(&line, "waiting for the reply to RSET").await?;
                     self.policy.reset();
-                    self.to_client(&reply).await?;
+                    self.reply_client(&reply).await?;
                 }
                 Verb::Quit => {
                     let reply = self.exchange(&line, "waiting for the reply to QUIT").await?;
-                    self.to_client(&reply).await?;
+                    self.reply_client(&reply).await?;
                     return Ok(());
                 }
                 Verb::Ehlo => {
@@ -263,17 +263,17 @@ where
                         reply
                     };
                     self.policy.reset();
-                    self.to_client(&reply).await?;
+                    self.reply_client(&reply).await?;
                 }
                 Verb::StartTls => {
                     // Not offered (see ehlo_keyword): TLS would hide the envelope from us.
-                    self.to_client(&Reply::new(502, "5.5.1", "STARTTLS not available here")).await?;
+                    self.reply_client(&Reply::new(502, "5.5.1", "STARTTLS not available here")).await?;
                 }
                 Verb::Auth => {
                     let mut reply = self.exchange(&line, "waiting for the reply to AUTH").await?;
                     // SASL continuation: relay client lines while the server says 334.
                     while reply.code == 334 {
-                        self.to_client(&reply).await?;
+                        self.reply_client(&reply).await?;
                         let r = tokio::time::timeout(
                             self.limits.command,
                             smtp::read_line(&mut self.client_r, &mut line, smtp::MAX_AUTH_LINE),
@@ -285,11 +285,11 @@ where
                         }
                         reply = self.exchange(&line, "waiting for the reply to AUTH").await?;
                     }
-                    self.to_client(&reply).await?;
+                    self.reply_client(&reply).await?;
                 }
                 Verb::Other => {
                     let reply = self.exchange(&line, "waiting for a reply").await?;
-                    self.to_client(&reply).await?;
+                    self.reply_client(&reply).await?;
                 }
             }
         }
@@ -307,7 +307,7 @@ where
         };
         let rewritten;
         let out: &[u8] = match (&decision, span) {
-            (Decision::Refuse(reply), _) => return self.to_client(reply).await,
+            (Decision::Refuse(reply), _) => return self.reply_client(reply).await,
             (Decision::Relay(Some(new)), Some(span)) => {
                 rewritten = smtp::with_path(line, span, new);
                 &rewritten
@@ -326,7 +326,7 @@ where
         if !mail {
             self.policy.rcpt_reply(&reply);
         }
-        self.to_client(&reply).await
+        self.reply_client(&reply).await
     }
 
     /// After the last octet of a message: the downstream's final reply is the client's.
@@ -336,7 +336,7 @@ where
             summary.messages += 1;
         }
         self.policy.reset();
-        self.to_client(&reply).await
+        self.reply_client(&reply).await
     }
 
     /// Refuse a transaction at DATA/BDAT; the downstream gets RSET so its state matches.
@@ -344,7 +344,7 @@ where
         summary.refused += 1;
         self.exchange(b"RSET\r\n", "waiting for the reply to RSET").await?;
         self.policy.reset();
-        self.to_client(refusal).await
+        self.reply_client(refusal).await
     }
 }
 

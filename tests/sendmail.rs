@@ -52,7 +52,6 @@ fn env() -> Env {
 struct Done {
     code: i32,
     err: String,
-    out: Vec<u8>,
 }
 
 impl Env {
@@ -86,7 +85,6 @@ impl Env {
         Done {
             code: o.status.code().unwrap_or(-1),
             err: String::from_utf8_lossy(&o.stderr).into_owned(),
-            out: o.stdout,
         }
     }
 
@@ -512,4 +510,46 @@ fn bs_mode_signs_mail_from_in_the_smtp_session() {
     assert_eq!(rec[2]["mail_from"], "MAIL FROM:<other@elsewhere.example>");
     assert_eq!(rec[2]["data"], "chunk\r\n");
     assert_eq!(e.verify(tagged), "alice@example.com");
+}
+
+#[test]
+fn a_set_id_copy_refuses_everything_but_the_wrapper() {
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipping: needs root to make a set-gid copy");
+        return;
+    }
+    let e = env();
+    // A set-gid-root copy, run by nobody: privileged (egid 0, gid 65534).
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let copy = dir.path().join("batv");
+    fs::copy(BIN, &copy).unwrap();
+    std::os::unix::fs::chown(&copy, Some(0), Some(0)).unwrap();
+    fs::set_permissions(&copy, std::os::unix::fs::PermissionsExt::from_mode(0o2755)).unwrap();
+    let as_nobody = |args: &[&str]| {
+        Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(&copy)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    // On a nosuid mount the bit is ignored and the copy is an ordinary batv.
+    if !String::from_utf8_lossy(&as_nobody(&["keys", "list"]).stderr).contains("set-id") {
+        eprintln!("skipping: set-gid bit not honoured on this file system");
+        return;
+    }
+    for args in [
+        &["--keys", e.keys.to_str().unwrap(), "keys", "show", "1", "--secret"][..],
+        &["--config", e.config.to_str().unwrap(), "sendmail", "-bp"],
+        &["sign", "a@example.com"],
+    ] {
+        let o = as_nobody(args);
+        assert_eq!(o.status.code(), Some(78), "{args:?}");
+        assert!(
+            String::from_utf8_lossy(&o.stderr).contains("refusing to run with set-id privileges"),
+            "{args:?}"
+        );
+        assert!(o.stdout.is_empty());
+    }
 }
