@@ -44,7 +44,7 @@ pub enum Command {
     #[command(subcommand, disable_help_subcommand = true)]
     Config(ConfigCommand),
     /// The sendmail wrapper: sign the envelope sender, then run the real sendmail
-    #[command(long_about = SENDMAIL_ABOUT, disable_help_flag = true)]
+    #[command(long_about = SENDMAIL_ABOUT, after_long_help = SENDMAIL_INSTALL, disable_help_flag = true)]
     Sendmail(SendmailArgs),
 }
 
@@ -65,6 +65,32 @@ MAIL FROM there (exempt_recipients does not apply to -bs sessions).
 If the keys cannot be read, on_error = \"pass\" sends unsigned with a warning on stderr and
 in syslog (facility mail); \"tempfail\" exits 75. The exit status is the real sendmail's. A
 sendmail.path that leads back to batv is refused (exit 78).";
+
+const SENDMAIL_INSTALL: &str = "\
+INSTALLING. cron, PHP and mailx call /usr/sbin/sendmail by path, so divert the real one
+and put batv in its place (package upgrades then install the MTA's under the new name):
+
+    dpkg-divert --local --rename --divert /usr/sbin/sendmail.distrib --add /usr/sbin/sendmail
+    install -m 0755 target/release/batv /usr/local/sbin/batv
+    ln -s /usr/local/sbin/batv /usr/sbin/sendmail
+
+and set [sendmail] path = \"/usr/sbin/sendmail.distrib\" in /etc/batv/batv.toml (with
+Postfix that is Postfix's own sendmail). mailq and newaliases reach batv under their own
+names and are passed through. For PHP alone, php.ini can name the wrapper directly:
+sendmail_path = \"/usr/local/sbin/batv sendmail -t -i\".
+
+NON-ROOT CALLERS. Key files are 0600 root. Set key_group = \"batv\" (files become 0640
+root:batv) and install a set-group-id copy that only this use may have:
+
+    groupadd --system batv
+    install -o root -g batv -m 2755 target/release/batv /usr/local/libexec/batv/sendmail
+    ln -sf /usr/local/libexec/batv/sendmail /usr/sbin/sendmail
+
+A set-id batv runs only as sendmail, mailq or newaliases (every other command is refused),
+reads only /etc/batv/batv.toml (no --config, --keys, --now, no environment variable), drops
+the group for good once the keys are read, and runs the real sendmail with a cleared
+environment (PATH=/usr/sbin:/usr/bin:/sbin:/bin; TZ, LANG, LC_ALL, LC_CTYPE kept). Keep the
+config file root-owned.";
 
 #[derive(Debug, Args)]
 pub struct SendmailArgs {
