@@ -348,16 +348,24 @@ impl KeyStore {
         let text = match fs::read(&path) {
             Ok(t) => t,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                // No manifest: an empty store, unless secrets lie about without one.
-                if self.has_secret_files()? {
-                    return Err(KeyError::Corrupt {
-                        path,
-                        reason: "secret files but no manifest".into(),
-                    });
+                // No manifest: an empty store, unless secrets lie about without one. A
+                // first key is written secret first, manifest second, and readers take no
+                // lock: give such a writer a moment before calling the store corrupt.
+                for _ in 0..20 {
+                    if !self.has_secret_files()? {
+                        return Ok(Manifest {
+                            version: 1,
+                            ..Manifest::default()
+                        });
+                    }
+                    if path.exists() {
+                        return self.read_manifest();
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(50));
                 }
-                return Ok(Manifest {
-                    version: 1,
-                    ..Manifest::default()
+                return Err(KeyError::Corrupt {
+                    path,
+                    reason: "secret files but no manifest".into(),
                 });
             }
             Err(e) => return Err(KeyError::io(&path, e)),

@@ -279,7 +279,9 @@ fn first_key_is_created_once_even_under_concurrency() {
         })
         .collect();
     let runs: Vec<Run> = children.into_iter().map(|c| to_run(c.wait_with_output().unwrap())).collect();
-    assert!(runs.iter().all(|r| r.code == 0 && r.out.starts_with("prvs=1787")));
+    for r in &runs {
+        assert!(r.code == 0 && r.out.starts_with("prvs=1787"), "{} {:?} {:?}", r.code, r.out, r.err);
+    }
     assert_eq!(runs.iter().filter(|r| r.err.contains("created a first signing key")).count(), 1);
     assert!(manifest(&k).contains("count = 1"));
     // Every process signed with the same key.
