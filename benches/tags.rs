@@ -26,6 +26,7 @@ fn bench(c: &mut Criterion) {
                 tag::sign(&keys[3], 3, scheme, &a, ddd).unwrap()
             })
         });
+        g.bench_function(format!("parse/{scheme}"), |b| b.iter(|| tag::parse(black_box(&signed)).unwrap()));
         g.bench_function(format!("verify/{scheme}"), |b| {
             b.iter(|| {
                 let v = tag::verify(black_box(&signed), TODAY, lookup).unwrap();

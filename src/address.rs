@@ -46,13 +46,51 @@ pub struct Address<'a> {
     pub quoted: bool,
 }
 
-fn is_atext(c: char) -> bool {
-    c.is_ascii_alphanumeric() || "!#$%&'*+-/=?^_`{|}~".contains(c) || !c.is_ascii()
+/// Bytes allowed in a dot-atom: RFC 5322 atext, `.`, and every byte of a non-ASCII UTF-8
+/// character (RFC 6531). A table: this runs for every address the proxy sees.
+const DOT_ATOM: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] = c.is_ascii_alphanumeric()
+            || c >= 0x80
+            || matches!(
+                c,
+                b'!' | b'#'
+                    | b'$'
+                    | b'%'
+                    | b'&'
+                    | b'\''
+                    | b'*'
+                    | b'+'
+                    | b'-'
+                    | b'/'
+                    | b'='
+                    | b'?'
+                    | b'^'
+                    | b'_'
+                    | b'`'
+                    | b'{'
+                    | b'|'
+                    | b'}'
+                    | b'~'
+                    | b'.'
+            );
+        b += 1;
+    }
+    t
+};
+
+/// The first character not allowed in an unquoted local part, if any.
+fn first_bad_local_char(local: &str) -> Option<char> {
+    let i = local.bytes().position(|b| !DOT_ATOM[b as usize])?;
+    local[i..].chars().next()
 }
 
 /// True if `local` (unquoted form) must be written as a quoted string.
 pub fn needs_quoting(local: &str) -> bool {
-    !local.chars().all(|c| c == '.' || is_atext(c))
+    !local.bytes().all(|b| DOT_ATOM[b as usize])
 }
 
 /// Append `local` to `out` in valid SMTP form: as is if it is a (possibly dotted) atom,
@@ -98,7 +136,8 @@ pub fn parse(s: &str) -> Result<Address<'_>, AddressError> {
     if s.len() > MAX_ADDRESS_LEN {
         return Err(AddressError::TooLong);
     }
-    if s.chars().any(|c| c.is_control()) {
+    // C0 controls and DEL in bytes; C1 controls only exist in non-ASCII text.
+    if s.bytes().any(|b| b < 0x20 || b == 0x7f) || (!s.is_ascii() && s.chars().any(char::is_control)) {
         return Err(AddressError::ControlChar);
     }
     let (local, quoted, rest) = if let Some(body) = s.strip_prefix('"') {
@@ -107,7 +146,7 @@ pub fn parse(s: &str) -> Result<Address<'_>, AddressError> {
     } else {
         let at = s.rfind('@').ok_or(AddressError::NoAt)?;
         let local = &s[..at];
-        if let Some(c) = local.chars().find(|&c| c != '.' && !is_atext(c)) {
+        if let Some(c) = first_bad_local_char(local) {
             return Err(AddressError::BadLocalChar(c));
         }
         (Cow::Borrowed(local), false, &s[at..])
@@ -164,11 +203,11 @@ fn check_domain(domain: &str) -> Result<(), AddressError> {
         }
         return Err(AddressError::BadDomain(domain.to_string()));
     }
-    let ok = domain.split('.').all(|label| {
+    let ok = domain.as_bytes().split(|&b| b == b'.').all(|label| {
         !label.is_empty()
             && label
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || !c.is_ascii())
+                .iter()
+                .all(|&b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b >= 0x80)
     });
     if ok {
         Ok(())
