@@ -330,22 +330,28 @@ impl Wrapper {
         self.exec(&args)
     }
 
+    /// The signer, or what `on_error` says to do without one: `Ok(None)` goes on unsigned
+    /// (with a warning), `Err(code)` stops with that status.
+    fn signer_or_fallback(&self) -> Result<Option<Signer>, u8> {
+        match self.signer() {
+            Ok(s) => Ok(Some(s)),
+            Err(e) => match self.config.sendmail.on_error {
+                OnError::Pass => {
+                    warn(&format!("sending unsigned: {e}"));
+                    Ok(None)
+                }
+                OnError::Tempfail => {
+                    warn(&format!("not sending (on_error = tempfail): {e}"));
+                    Err(EX_TEMPFAIL)
+                }
+            },
+        }
+    }
+
     /// Sign one sender. `Ok(None)`: send unsigned. `Err(code)`: stop with that status.
     fn sign(&self, sender: &str) -> Result<Option<String>, u8> {
-        let signer = match self.signer() {
-            Ok(s) => s,
-            Err(e) => {
-                return match self.config.sendmail.on_error {
-                    OnError::Pass => {
-                        warn(&format!("sending unsigned: {e}"));
-                        Ok(None)
-                    }
-                    OnError::Tempfail => {
-                        warn(&format!("not sending (on_error = tempfail): {e}"));
-                        Err(EX_TEMPFAIL)
-                    }
-                };
-            }
+        let Some(signer) = self.signer_or_fallback()? else {
+            return Ok(None);
         };
         Ok(match signer.sign(sender, tag::unix_day(self.now)) {
             Outcome::Signed(s) => Some(s),
@@ -405,18 +411,9 @@ impl Wrapper {
     /// `-bs`: an SMTP session on stdin/stdout, relayed to `sendmail.path -bs`, signing
     /// MAIL FROM on the way.
     fn run_smtp(&self, inv: &Invocation) -> u8 {
-        let signer = match self.signer() {
-            Ok(s) => Some(s),
-            Err(e) => match self.config.sendmail.on_error {
-                OnError::Pass => {
-                    warn(&format!("relaying unsigned: {e}"));
-                    None
-                }
-                OnError::Tempfail => {
-                    warn(&format!("not relaying (on_error = tempfail): {e}"));
-                    return EX_TEMPFAIL;
-                }
-            },
+        let signer = match self.signer_or_fallback() {
+            Ok(s) => s,
+            Err(code) => return code,
         };
         let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
             Ok(rt) => rt,
