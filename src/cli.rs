@@ -46,6 +46,37 @@ pub enum Command {
     /// The sendmail wrapper: sign the envelope sender, then run the real sendmail
     #[command(long_about = SENDMAIL_ABOUT, after_long_help = SENDMAIL_INSTALL, disable_help_flag = true)]
     Sendmail(SendmailArgs),
+    /// The SMTP proxy: refuse backscatter during the SMTP session, strip valid tags
+    #[command(long_about = PROXY_ABOUT)]
+    Proxy(ProxyArgs),
+}
+
+const PROXY_ABOUT: &str = "\
+An ESMTP proxy in front of (or beside) the MTA. Every command is relayed to proxy.forward
+and every reply comes from there, except the proxy's own decisions. In a bounce (MAIL
+FROM:<>) the first recipient the downstream accepts sets the transaction's verdict:
+bounce-ok (a valid tag, or exempt: <Postmaster>, postmaster@ and abuse@, SRS, local parts
+too long to sign, addresses outside protected_domains, trusted_relays) or backscatter. A
+later recipient with the other verdict gets 452 4.5.3 (the client sends it again in a new
+transaction); a backscatter transaction is refused at DATA with 550 5.7.1 (at BDAT after
+the chunk), and the downstream gets RSET. reject_at = \"rcpt\" refuses backscatter
+recipients at once. Authentic tags (valid or expired) are stripped for every sender.
+
+proxy.enforce = false, or a future enforce_after date, only logs (monitor mode). Sign for
+at least one tag lifetime before enforcing. One key=value line per recipient decision goes
+to stderr; SIGUSR1 prints counters per verdict and per key id. SIGHUP reloads the keys (also
+picked up within seconds when the keys directory changes; a bad new set keeps the old one);
+SIGTERM stops accepting and lets sessions finish. The proxy never creates a key: without
+one it exits 78. Only proxy.mode = \"before-queue\" is available in this version.";
+
+#[derive(Debug, Args)]
+pub struct ProxyArgs {
+    /// Listen here instead of proxy.listen
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub listen: Option<std::net::SocketAddr>,
+    /// Forward to this MTA instead of proxy.forward
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub forward: Option<std::net::SocketAddr>,
 }
 
 const SENDMAIL_ABOUT: &str = "\

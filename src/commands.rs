@@ -47,6 +47,8 @@ pub struct Context {
     pub config_path: PathBuf,
     pub keys_dir: PathBuf,
     pub now: i64,
+    /// `--now` was given: daemons use a fixed clock.
+    pub fixed_now: bool,
 }
 
 impl Context {
@@ -67,6 +69,7 @@ impl Context {
             config_path,
             keys_dir,
             now,
+            fixed_now: cli.now.is_some(),
         })
     }
 
@@ -106,6 +109,7 @@ pub fn run(cli: Cli) -> u8 {
         Command::Keys(k) => keys_cmd(&ctx, k),
         Command::Config(c) => config_cmd(&ctx, c),
         Command::Sendmail(a) => Ok(wrapper(ctx, OsString::from("sendmail")).run(a.args)),
+        Command::Proxy(a) => proxy(ctx, a),
     });
     match result {
         Ok(code) => code,
@@ -114,6 +118,42 @@ pub fn run(cli: Cli) -> u8 {
             e.exit_code()
         }
     }
+}
+
+fn proxy(ctx: Context, a: crate::cli::ProxyArgs) -> Result<u8, CliError> {
+    use crate::config::ProxyMode;
+    use crate::proxy;
+    let mut config = ctx.config;
+    if config.proxy.mode == ProxyMode::Front {
+        // Fail closed: without XCLIENT towards the MTA every client would look local.
+        return Err(CliError::Config(config::ConfigError::Invalid {
+            path: ctx.config_path,
+            detail: " proxy.mode = \"front\" is not available in this version; use \"before-queue\"".into(),
+        }));
+    }
+    if config.protected().is_empty() {
+        return Err(CliError::Config(config::ConfigError::Invalid {
+            path: ctx.config_path,
+            detail: " the proxy needs protected_domains (or sign_domains)".into(),
+        }));
+    }
+    config.proxy.listen = a.listen.unwrap_or(config.proxy.listen);
+    config.proxy.forward = a.forward.unwrap_or(config.proxy.forward);
+    let store = KeyStore::new(&ctx.keys_dir, config.key_group.as_deref())?;
+    let keys = proxy::startup_keys(&store)?;
+    let shared = std::sync::Arc::new(proxy::Shared::from_config(&config, keys, ctx.fixed_now.then_some(ctx.now)));
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let max = config.proxy.max_connections.get() as usize;
+    let listen = config.proxy.listen;
+    let served = rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .map_err(|e| io::Error::new(e.kind(), format!("listen on {listen}: {e}")))?;
+        proxy::serve(listener, shared, store, max).await
+    });
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
+    served?;
+    Ok(EX_OK)
 }
 
 fn wrapper(ctx: Context, argv0: OsString) -> Wrapper {
@@ -135,6 +175,7 @@ pub fn run_as_sendmail(argv0: OsString, args: Vec<OsString>) -> u8 {
             config_path: config::default_config_path(),
             config,
             now: time::system_now(),
+            fixed_now: false,
         },
         Err(e) => {
             eprintln!("batv sendmail: {e}");

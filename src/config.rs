@@ -121,6 +121,12 @@ pub struct ProxyConfig {
     pub trusted_relays: Vec<String>,
     #[serde(default = "default_max_connections")]
     pub max_connections: NonZeroU32,
+    /// Waiting for a command or a reply to one (RFC 5321 §4.5.3.2: 5 minutes).
+    #[serde(default = "default_command_timeout")]
+    pub command_timeout_ms: u64,
+    /// Waiting for message data and for the reply to its end (10 minutes).
+    #[serde(default = "default_data_timeout")]
+    pub data_timeout_ms: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls_cert: Option<PathBuf>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -154,6 +160,12 @@ fn default_reject_at() -> RejectAt {
 fn yes() -> bool {
     true
 }
+fn default_command_timeout() -> u64 {
+    300_000
+}
+fn default_data_timeout() -> u64 {
+    600_000
+}
 fn default_max_connections() -> NonZeroU32 {
     NonZeroU32::new(1000).unwrap_or(NonZeroU32::MIN)
 }
@@ -180,6 +192,8 @@ impl Default for ProxyConfig {
             enforce_after: None,
             trusted_relays: vec![],
             max_connections: default_max_connections(),
+            command_timeout_ms: default_command_timeout(),
+            data_timeout_ms: default_data_timeout(),
             tls_cert: None,
             tls_key: None,
         }

@@ -11,6 +11,7 @@ pub mod config;
 pub mod exit;
 pub mod keys;
 pub mod privilege;
+pub mod proxy;
 pub mod sendmail;
 pub mod session;
 pub mod signer;

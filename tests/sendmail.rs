@@ -3,10 +3,12 @@
 //! envelope leaves the machine; a fake `sendmail -bs` proves the SMTP mode signs MAIL FROM.
 
 use std::fs;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+
+mod common;
+use common::{python_with_aiosmtpd, require, Sink};
 
 const BIN: &str = env!("CARGO_BIN_EXE_batv");
 const TODAY: &str = "2026-11-23";
@@ -355,73 +357,6 @@ fn invoked_as_sendmail_it_is_the_wrapper() {
                 "{name}: {err}"
             );
         }
-    }
-}
-
-fn python_with_aiosmtpd() -> bool {
-    Command::new("/usr/bin/python3")
-        .args(["-c", "import aiosmtpd"])
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
-fn require(what: &str, ok: bool) -> bool {
-    if !ok {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "{what} missing: .ci/run must install it"
-        );
-        eprintln!("skipping: {what} not installed");
-    }
-    ok
-}
-
-/// The aiosmtpd sink, stopped when dropped.
-struct Sink {
-    child: std::process::Child,
-    port: u16,
-    record: PathBuf,
-}
-
-impl Sink {
-    fn start(dir: &Path) -> Sink {
-        let record = dir.join("sink.jsonl");
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers/sink.py");
-        let mut child = Command::new("/usr/bin/python3")
-            .arg(script)
-            .arg(&record)
-            .arg("60")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        let mut out = child.stdout.take().unwrap();
-        let mut b = [0u8; 1];
-        while !line.ends_with('\n') && out.read(&mut b).unwrap() == 1 {
-            line.push(b[0] as char);
-        }
-        let port = line.trim().strip_prefix("PORT ").expect("sink did not start").parse().unwrap();
-        Sink { child, port, record }
-    }
-
-    fn messages(&self, n: usize) -> Vec<serde_json::Value> {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let text = fs::read_to_string(&self.record).unwrap_or_default();
-            let v: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-            if v.len() >= n || Instant::now() > deadline {
-                return v;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Sink {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -1,0 +1,75 @@
+//! Helpers shared by the integration tests: the aiosmtpd sink and peer checks.
+#![allow(dead_code)]
+
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn python_with_aiosmtpd() -> bool {
+    Command::new("/usr/bin/python3")
+        .args(["-c", "import aiosmtpd"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+pub fn require(what: &str, ok: bool) -> bool {
+    if !ok {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "{what} missing: .ci/run must install it"
+        );
+        eprintln!("skipping: {what} not installed");
+    }
+    ok
+}
+
+/// The aiosmtpd sink, stopped when dropped.
+pub struct Sink {
+    child: std::process::Child,
+    pub port: u16,
+    record: PathBuf,
+}
+
+impl Sink {
+    pub fn start(dir: &Path) -> Sink {
+        let record = dir.join("sink.jsonl");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers/sink.py");
+        let mut child = Command::new("/usr/bin/python3")
+            .arg(script)
+            .arg(&record)
+            .arg("60")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        let mut out = child.stdout.take().unwrap();
+        let mut b = [0u8; 1];
+        while !line.ends_with('\n') && out.read(&mut b).unwrap() == 1 {
+            line.push(b[0] as char);
+        }
+        let port = line.trim().strip_prefix("PORT ").expect("sink did not start").parse().unwrap();
+        Sink { child, port, record }
+    }
+
+    pub fn messages(&self, n: usize) -> Vec<serde_json::Value> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let text = fs::read_to_string(&self.record).unwrap_or_default();
+            let v: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+            if v.len() >= n || Instant::now() > deadline {
+                return v;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

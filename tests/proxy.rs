@@ -1,0 +1,355 @@
+//! `batv proxy` on loopback between raw SMTP clients and a real server (aiosmtpd sink):
+//! verdicts, stripping, monitor mode, and faults. Every session is bounded in time.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::{python_with_aiosmtpd, require, Sink};
+
+const BIN: &str = env!("CARGO_BIN_EXE_batv");
+const TODAY: &str = "2026-11-23";
+
+struct Proxy {
+    child: Child,
+    addr: String,
+    _t: tempfile::TempDir,
+    keys: std::path::PathBuf,
+    log: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Proxy {
+    /// Start a proxy towards `forward` with extra `[proxy]` settings.
+    fn start(forward: &str, proxy_extra: &str) -> Proxy {
+        let t = tempfile::tempdir().unwrap();
+        let keys = t.path().join("keys");
+        assert!(Command::new(BIN)
+            .arg("--keys")
+            .arg(&keys)
+            .args(["--now", TODAY, "keys", "init"])
+            .output()
+            .unwrap()
+            .status
+            .success());
+        let cfg = t.path().join("batv.toml");
+        std::fs::write(
+            &cfg,
+            format!("sign_domains = [\"example.com\"]\n[proxy]\ncommand_timeout_ms = 3000\ndata_timeout_ms = 3000\n{proxy_extra}"),
+        )
+        .unwrap();
+        let mut child = Command::new(BIN)
+            .arg("--config")
+            .arg(&cfg)
+            .arg("--keys")
+            .arg(&keys)
+            .args(["--now", TODAY, "proxy", "--listen", "127.0.0.1:0", "--forward", forward])
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut err = BufReader::new(child.stderr.take().unwrap());
+        let mut line = String::new();
+        err.read_line(&mut line).unwrap();
+        let addr = line
+            .split("listening on ")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .unwrap_or_else(|| panic!("proxy did not start: {line}"))
+            .to_string();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let l = log.clone();
+        std::thread::spawn(move || {
+            for line in err.lines().map_while(Result::ok) {
+                l.lock().unwrap().push_str(&(line + "\n"));
+            }
+        });
+        Proxy {
+            child,
+            addr,
+            _t: t,
+            keys,
+            log,
+        }
+    }
+
+    fn sign(&self, now: &str, addr: &str) -> String {
+        let o = Command::new(BIN)
+            .arg("--keys")
+            .arg(&self.keys)
+            .args(["--now", now, "sign", addr])
+            .output()
+            .unwrap();
+        String::from_utf8(o.stdout).unwrap().trim().to_string()
+    }
+
+    /// Send `script` pipelined as RFC 2920 allows: every command up to DATA in one write,
+    /// then the message only after a 354 (else QUIT); read until the server closes.
+    fn session(&self, script: &[u8]) -> String {
+        let mut s = TcpStream::connect(&self.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let text = String::from_utf8_lossy(script).into_owned();
+        let Some(at) = text.find("DATA\r\n") else {
+            s.write_all(script).unwrap();
+            let mut out = String::new();
+            let _ = s.read_to_string(&mut out);
+            return out;
+        };
+        let (head, body) = text.split_at(at + 6);
+        s.write_all(head.as_bytes()).unwrap();
+        // Replies expected before the message: the greeting and one per command.
+        let want = 1 + head.matches("\r\n").count();
+        let mut r = BufReader::new(s.try_clone().unwrap());
+        let mut out = String::new();
+        let mut finals = 0;
+        while finals < want {
+            let mut line = String::new();
+            if r.read_line(&mut line).unwrap() == 0 {
+                return out;
+            }
+            if line.as_bytes().get(3) == Some(&b' ') {
+                finals += 1;
+            }
+            out.push_str(&line);
+        }
+        let last = out.lines().last().unwrap_or("").to_string();
+        if last.starts_with("354") {
+            s.write_all(body.as_bytes()).unwrap();
+        } else {
+            s.write_all(b"QUIT\r\n").unwrap();
+        }
+        let _ = r.read_to_string(&mut out);
+        out
+    }
+}
+
+fn setup() -> Option<(Sink, tempfile::TempDir)> {
+    if !require("python3-aiosmtpd", python_with_aiosmtpd()) {
+        return None;
+    }
+    let t = tempfile::tempdir().unwrap();
+    Some((Sink::start(t.path()), t))
+}
+
+fn codes(out: &str) -> Vec<u16> {
+    out.lines()
+        .filter(|l| l.as_bytes().get(3) == Some(&b' '))
+        .filter_map(|l| l[..3].parse().ok())
+        .collect()
+}
+
+fn bounce(rcpts: &[&str]) -> Vec<u8> {
+    let mut s = b"EHLO mx.remote.example\r\nMAIL FROM:<>\r\n".to_vec();
+    for r in rcpts {
+        s.extend_from_slice(format!("RCPT TO:<{r}>\r\n").as_bytes());
+    }
+    s.extend_from_slice(b"DATA\r\nSubject: Undeliverable\r\n\r\nYour message could not be delivered.\r\n.\r\nQUIT\r\n");
+    s
+}
+
+#[test]
+fn valid_tags_pass_stripped_and_backscatter_is_refused_at_data() {
+    let Some((sink, _t)) = setup() else { return };
+    let p = Proxy::start(&format!("127.0.0.1:{}", sink.port), "");
+    let tagged = p.sign(TODAY, "bob@example.com");
+    let out = p.session(&bounce(&[&tagged]));
+    assert_eq!(codes(&out), [220, 250, 250, 250, 354, 250, 221], "{out}");
+    let m = sink.messages(1);
+    assert_eq!(m[0]["mail_from"], "<>");
+    assert_eq!(m[0]["rcpt_tos"], serde_json::json!(["bob@example.com"]), "the tag is stripped");
+
+    let expired = p.sign("2026-10-01", "bob@example.com");
+    let forged = format!("{}{}", &tagged[..10], if &tagged[10..11] == "a" { "b" } else { "a" }) + &tagged[11..];
+    let unknown = format!("prvs=7{}", &tagged[6..]);
+    for rcpt in [
+        "bob@example.com",
+        forged.as_str(),
+        expired.as_str(),
+        unknown.as_str(),
+        "prvs=junk@example.com",
+    ] {
+        let out = p.session(&bounce(&[rcpt]));
+        // RCPT is relayed (callouts learn the truth), the transaction refused at DATA.
+        assert_eq!(codes(&out), [220, 250, 250, 250, 550, 221], "{rcpt}: {out}");
+        assert!(out.contains("550 5.7.1"), "{out}");
+    }
+    assert_eq!(sink.messages(1).len(), 1, "nothing refused reached the sink");
+    let log = p.log.lock().unwrap().clone();
+    for reason in [
+        "reason=untagged",
+        "reason=bad-signature",
+        "reason=expired",
+        "reason=unknown-key",
+        "reason=malformed",
+        "reason=valid",
+    ] {
+        assert!(log.contains(reason), "{reason} not logged: {log}");
+    }
+    assert!(log.contains("action=refused-at-data"), "{log}");
+}
+
+#[test]
+fn exemptions_and_normal_mail() {
+    let Some((sink, _t)) = setup() else { return };
+    let p = Proxy::start(&format!("127.0.0.1:{}", sink.port), "");
+    let long = format!("{}@example.com", "l".repeat(47));
+    let mut n = 0;
+    for rcpt in [
+        "postmaster@example.com",
+        "Postmaster",
+        "abuse@example.com",
+        "SRS0=abc=de=other.example=u@example.com",
+        long.as_str(),
+        "someone@not-ours.example",
+    ] {
+        let out = p.session(&bounce(&[rcpt]));
+        assert_eq!(codes(&out), [220, 250, 250, 250, 354, 250, 221], "{rcpt}: {out}");
+        n += 1;
+    }
+    // Ordinary mail is never judged; an authentic tag is stripped all the same.
+    let tagged = p.sign(TODAY, "carol@example.com");
+    let script = format!("EHLO x\r\nMAIL FROM:<friend@remote.example> BODY=8BITMIME\r\nRCPT TO:<{tagged}>\r\nRCPT TO:<dave@example.com>\r\nDATA\r\nSubject: caf\u{e9}\r\n\r\n\u{fc}ber 8-bit\r\n..leading dot\r\n.\r\nQUIT\r\n");
+    let out = p.session(script.as_bytes());
+    assert_eq!(codes(&out), [220, 250, 250, 250, 250, 354, 250, 221], "{out}");
+    n += 1;
+    let m = sink.messages(n);
+    assert_eq!(m.len(), n);
+    let last = &m[n - 1];
+    assert_eq!(last["rcpt_tos"], serde_json::json!(["carol@example.com", "dave@example.com"]));
+    assert_eq!(last["mail_options"], serde_json::json!(["BODY=8BITMIME"]));
+    // Body relayed byte for byte (aiosmtpd's copy is dot-unstuffed, latin-1 decoded).
+    let data = last["data"].as_str().unwrap().chars().map(|c| c as u8).collect::<Vec<u8>>();
+    assert_eq!(data, "Subject: caf\u{e9}\r\n\r\n\u{fc}ber 8-bit\r\n.leading dot\r\n".as_bytes());
+}
+
+#[test]
+fn one_verdict_per_transaction() {
+    let Some((sink, _t)) = setup() else { return };
+    let p = Proxy::start(&format!("127.0.0.1:{}", sink.port), "");
+    let good = p.sign(TODAY, "bob@example.com");
+    // First recipient valid: the untagged one gets 452 and the bounce is delivered.
+    let out = p.session(&bounce(&[&good, "carol@example.com"]));
+    assert_eq!(codes(&out), [220, 250, 250, 250, 452, 354, 250, 221], "{out}");
+    assert!(out.contains("452 4.5.3"));
+    // First recipient backscatter: the valid one gets 452, DATA is refused.
+    let out = p.session(&bounce(&["carol@example.com", &good]));
+    assert_eq!(codes(&out), [220, 250, 250, 250, 452, 550, 221], "{out}");
+    let m = sink.messages(1);
+    assert_eq!(m.len(), 1);
+    assert_eq!(m[0]["rcpt_tos"], serde_json::json!(["bob@example.com"]));
+}
+
+#[test]
+fn reject_at_rcpt_and_monitor_mode() {
+    let Some((sink, _t)) = setup() else { return };
+    let p = Proxy::start(&format!("127.0.0.1:{}", sink.port), "reject_at = \"rcpt\"\n");
+    let good = p.sign(TODAY, "bob@example.com");
+    let out = p.session(&bounce(&["carol@example.com", &good]));
+    assert_eq!(codes(&out), [220, 250, 250, 550, 250, 354, 250, 221], "{out}");
+    assert_eq!(sink.messages(1)[0]["rcpt_tos"], serde_json::json!(["bob@example.com"]));
+    drop(p);
+    // Monitor: everything is delivered, and the verdict logged.
+    let p = Proxy::start(&format!("127.0.0.1:{}", sink.port), "enforce = false\n");
+    let out = p.session(&bounce(&["carol@example.com"]));
+    assert_eq!(codes(&out), [220, 250, 250, 250, 354, 250, 221], "{out}");
+    assert_eq!(sink.messages(2).len(), 2);
+    assert!(p
+        .log
+        .lock()
+        .unwrap()
+        .contains("verdict=backscatter reason=untagged action=relayed-monitor"));
+    drop(p);
+    // enforce_after in the future is monitor mode too; in the past it enforces.
+    let p = Proxy::start(&format!("127.0.0.1:{}", sink.port), "enforce_after = \"2026-12-01\"\n");
+    assert_eq!(codes(&p.session(&bounce(&["carol@example.com"])))[4], 354);
+    let p = Proxy::start(&format!("127.0.0.1:{}", sink.port), "enforce_after = \"2026-11-01\"\n");
+    assert_eq!(codes(&p.session(&bounce(&["carol@example.com"])))[4], 550);
+}
+
+#[test]
+fn downstream_down_gets_421() {
+    // A port nothing listens on: bind, note it, close.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let p = Proxy::start(&format!("127.0.0.1:{port}"), "");
+    let out = p.session(b"EHLO x\r\n");
+    assert!(out.starts_with("421 4.4.2"), "{out}");
+}
+
+#[test]
+fn client_vanishing_mid_data_delivers_nothing() {
+    let Some((sink, _t)) = setup() else { return };
+    let p = Proxy::start(&format!("127.0.0.1:{}", sink.port), "");
+    let mut s = TcpStream::connect(&p.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"EHLO x\r\nMAIL FROM:<a@remote.example>\r\nRCPT TO:<bob@example.com>\r\nDATA\r\nSubject: cut\r\n\r\nhalf a message")
+        .unwrap();
+    let mut buf = [0u8; 4096];
+    let mut got = String::new();
+    while !got.contains("354") {
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0);
+        got.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    s.shutdown(Shutdown::Both).unwrap();
+    drop(s);
+    // A complete message afterwards arrives; the cut one never does.
+    let out = p.session(&bounce(&["postmaster@example.com"]));
+    assert_eq!(codes(&out).last(), Some(&221));
+    std::thread::sleep(Duration::from_millis(300));
+    let m = sink.messages(1);
+    assert_eq!(m.len(), 1, "{m:?}");
+    assert_eq!(m[0]["rcpt_tos"], serde_json::json!(["postmaster@example.com"]));
+}
+
+#[test]
+fn overlong_lines_and_slow_clients() {
+    let Some((sink, _t)) = setup() else { return };
+    let p = Proxy::start(&format!("127.0.0.1:{}", sink.port), "");
+    let long = format!("NOOP {}\r\nQUIT\r\n", "x".repeat(600));
+    let out = p.session(long.as_bytes());
+    assert_eq!(codes(&out), [220, 500, 221], "{out}");
+    // A client that says nothing is dropped after the command timeout (3 s here).
+    let mut s = TcpStream::connect(&p.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    assert!(out.contains("421 4.4.2"), "{out}");
+}
+
+#[test]
+fn daemon_never_invents_a_key() {
+    let t = tempfile::tempdir().unwrap();
+    let keys = t.path().join("keys");
+    std::fs::create_dir(&keys).unwrap();
+    let cfg = t.path().join("batv.toml");
+    std::fs::write(&cfg, "sign_domains = [\"example.com\"]\n").unwrap();
+    let o = Command::new(BIN)
+        .arg("--config")
+        .arg(&cfg)
+        .arg("--keys")
+        .arg(&keys)
+        .args(["proxy", "--listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(78), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(std::fs::read_dir(&keys).unwrap().count(), 0);
+    std::fs::write(&cfg, "sign_domains = [\"example.com\"]\n[proxy]\nmode = \"front\"\n").unwrap();
+    let o = Command::new(BIN)
+        .arg("--config")
+        .arg(&cfg)
+        .arg("--keys")
+        .arg(Path::new("/nonexistent"))
+        .args(["proxy"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(78));
+}
