@@ -353,3 +353,116 @@ fn daemon_never_invents_a_key() {
         .unwrap();
     assert_eq!(o.status.code(), Some(78));
 }
+
+/// Debian's postfix package, unpacked (it conflicts with exim4): .ci/run puts it in
+/// target/postfix/root; BATV_POSTFIX_ROOT overrides.
+fn postfix_root() -> Option<std::path::PathBuf> {
+    let root = std::env::var_os("BATV_POSTFIX_ROOT")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/postfix/root"));
+    require("Postfix smtp-sink (target/postfix/root)", root.join("usr/sbin/smtp-sink").exists()).then_some(root)
+}
+
+/// Postfix's smtp-sink on a free loopback port, dumping each transaction into `dump`.
+struct SmtpSink {
+    child: Child,
+    port: u16,
+    dump: tempfile::TempDir,
+}
+
+impl Drop for SmtpSink {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl SmtpSink {
+    fn start(root: &Path, options: &[&str]) -> SmtpSink {
+        let dump = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dump.path(), std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut cmd = Command::new(root.join("usr/sbin/smtp-sink"));
+        cmd.env("LD_LIBRARY_PATH", root.join("usr/lib/postfix"));
+        if unsafe { libc::geteuid() } == 0 {
+            cmd.args(["-u", "nobody"]);
+        }
+        cmd.arg("-d")
+            .arg(format!("{}/%H%M%S.", dump.path().display()))
+            .args(options)
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("100");
+        let child = cmd.stderr(Stdio::null()).spawn().unwrap();
+        for _ in 0..100 {
+            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        SmtpSink { child, port, dump }
+    }
+
+    /// The dumped transactions' envelope lines (X-Mail-Args, X-Rcpt-Args).
+    fn envelopes(&self) -> Vec<String> {
+        std::thread::sleep(Duration::from_millis(200));
+        let mut v: Vec<String> = std::fs::read_dir(self.dump.path())
+            .unwrap()
+            .map(|e| {
+                let text = std::fs::read_to_string(e.unwrap().path()).unwrap();
+                text.lines()
+                    .filter(|l| l.starts_with("X-Mail-Args") || l.starts_with("X-Rcpt-Args"))
+                    .collect::<Vec<_>>()
+                    .join("|")
+            })
+            .collect();
+        v.sort();
+        v
+    }
+}
+
+#[test]
+fn through_postfix_smtp_sink() {
+    let Some(root) = postfix_root() else { return };
+    let sink = SmtpSink::start(&root, &[]);
+    let p = Proxy::start(&format!("127.0.0.1:{}", sink.port), "");
+    let tagged = p.sign(TODAY, "bob@example.com");
+    // XFORWARD (what Postfix's smtpd_proxy_filter sends) is relayed and answered by the sink.
+    let script = format!("EHLO x\r\nXFORWARD ADDR=192.0.2.7 NAME=mx.remote.example\r\nMAIL FROM:<>\r\nRCPT TO:<{tagged}> NOTIFY=NEVER\r\nDATA\r\nSubject: bounce\r\n\r\nbody\r\n.\r\nQUIT\r\n");
+    let out = p.session(script.as_bytes());
+    assert_eq!(codes(&out), [220, 250, 250, 250, 250, 354, 250, 221], "{out}");
+    assert!(out.contains("250-XFORWARD"), "EHLO keywords relayed: {out}");
+    let out = p.session(&bounce(&["carol@example.com"]));
+    assert_eq!(codes(&out), [220, 250, 250, 250, 550, 221], "{out}");
+    assert_eq!(sink.envelopes(), ["X-Mail-Args: <>|X-Rcpt-Args: <bob@example.com> NOTIFY=NEVER"]);
+}
+
+#[test]
+fn the_downstreams_final_reply_is_the_clients() {
+    let Some(root) = postfix_root() else { return };
+    // smtp-sink: -f hard-rejects, -r soft-rejects, -q hangs up without a reply.
+    for (option, want) in [("-f", "5"), ("-r", "4"), ("-q", "421 4.4.2")] {
+        let sink = SmtpSink::start(&root, &[option, "."]);
+        let p = Proxy::start(&format!("127.0.0.1:{}", sink.port), "");
+        let out = p.session(&bounce(&["postmaster@example.com"]));
+        let after_354 = out.split("354 ").nth(1).unwrap_or_else(|| panic!("{option}: {out}"));
+        let final_reply = after_354.lines().nth(1).unwrap_or("");
+        assert!(final_reply.starts_with(want), "{option}: {final_reply:?} in {out}");
+        assert!(!final_reply.starts_with("250"));
+    }
+}
+
+#[test]
+fn ten_thousand_pipelined_recipients() {
+    let Some(root) = postfix_root() else { return };
+    let sink = SmtpSink::start(&root, &[]);
+    let p = Proxy::start(&format!("127.0.0.1:{}", sink.port), "");
+    let mut script = b"EHLO x\r\nMAIL FROM:<list@remote.example>\r\n".to_vec();
+    for i in 0..10_000 {
+        script.extend_from_slice(format!("RCPT TO:<user{i}@example.com>\r\n").as_bytes());
+    }
+    script.extend_from_slice(b"RSET\r\nQUIT\r\n");
+    let out = p.session(&script);
+    let c = codes(&out);
+    assert_eq!(c.len(), 10_005, "{}", &out[out.len().saturating_sub(300)..]);
+    assert_eq!(c.iter().filter(|&&c| c == 250).count(), 10_003);
+}
