@@ -209,7 +209,7 @@ where
                         continue;
                     }
                     let idle = self.limits.data;
-                    match smtp::relay_data(&mut self.client_r, &mut self.down_w, idle, None, 0).await? {
+                    match smtp::relay_data(&mut self.client_r, &mut self.down_w, idle).await? {
                         DataEnd::Complete { .. } => {}
                         // The terminator never went downstream: dropping the connection
                         // makes the downstream discard the partial message.

@@ -4,7 +4,7 @@
 use std::io;
 use std::time::Duration;
 
-use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWrite, AsyncWriteExt};
 
 /// RFC 5321 §4.5.3.1.4: a command line is at most 512 octets with CRLF.
 pub const MAX_COMMAND_LINE: usize = 512;
@@ -93,10 +93,6 @@ impl Reply {
         (200..400).contains(&self.code)
     }
 
-    pub fn is_transient(&self) -> bool {
-        (400..500).contains(&self.code)
-    }
-
     /// The reply's lines without code and separator (e.g. EHLO keywords).
     pub fn lines(&self) -> impl Iterator<Item = &[u8]> {
         self.raw.split_inclusive(|&b| b == b'\n').map(|l| {
@@ -117,11 +113,6 @@ impl Reply {
             raw.extend_from_slice(b"\r\n");
         }
         Reply { code, raw }
-    }
-
-    /// First line's text, for logs.
-    pub fn first_text(&self) -> String {
-        String::from_utf8_lossy(self.lines().next().unwrap_or(b"")).into_owned()
     }
 }
 
@@ -190,13 +181,7 @@ pub enum DataEnd {
 /// downstream agree on where lines (and the message) end: a stray `\n.\n` cannot end the
 /// message for one and not the other (SMTP smuggling). Memory use is the reader's buffer.
 /// `tap`, if given, sees the relayed bytes (for a header check).
-pub async fn relay_data<R, W>(
-    client: &mut R,
-    down: &mut W,
-    idle: Duration,
-    mut tap: Option<&mut Vec<u8>>,
-    tap_max: usize,
-) -> Result<DataEnd, SmtpError>
+pub async fn relay_data<R, W>(client: &mut R, down: &mut W, idle: Duration) -> Result<DataEnd, SmtpError>
 where
     R: AsyncBufRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -234,10 +219,6 @@ where
             };
         }
         client.consume(consumed);
-        if let Some(t) = tap.as_deref_mut() {
-            let room = tap_max.saturating_sub(t.len());
-            t.extend_from_slice(&out[..out.len().min(room)]);
-        }
         total += out.len() as u64;
         down.write_all(&out).await?;
         if finished {
@@ -273,13 +254,6 @@ where
 /// Discard exactly `n` octets (a BDAT chunk we refuse). Returns false on early end.
 pub async fn discard_exact<R: AsyncBufRead + Unpin>(client: &mut R, n: u64, idle: Duration) -> Result<bool, SmtpError> {
     relay_exact(client, &mut tokio::io::sink(), n, idle).await
-}
-
-/// Read and drop whatever a client still sends (best effort) — unused bytes after a
-/// refusal do not matter.
-pub async fn drain<R: tokio::io::AsyncRead + Unpin>(r: &mut R) {
-    let mut buf = [0u8; 4096];
-    while matches!(r.read(&mut buf).await, Ok(n) if n > 0) {}
 }
 
 /// Locate the path inside `MAIL FROM:<...>` / `RCPT TO:<...>`: the byte range between the
@@ -337,11 +311,12 @@ pub async fn send<W: AsyncWrite + Unpin>(w: &mut W, bytes: &[u8]) -> io::Result<
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::AsyncReadExt;
 
     async fn scan(input: &[u8]) -> (DataEnd, Vec<u8>, Vec<u8>) {
         let mut r = tokio::io::BufReader::with_capacity(7, input);
         let mut out = Vec::new();
-        let end = relay_data(&mut r, &mut out, Duration::from_secs(1), None, 0).await.unwrap();
+        let end = relay_data(&mut r, &mut out, Duration::from_secs(1)).await.unwrap();
         let mut rest = Vec::new();
         r.read_to_end(&mut rest).await.unwrap();
         (end, out, rest)

@@ -24,7 +24,3 @@ pub fn warning(msg: &str) {
 pub fn error(msg: &str) {
     log(libc::LOG_ERR, msg);
 }
-
-pub fn info(msg: &str) {
-    log(libc::LOG_INFO, msg);
-}
