@@ -52,10 +52,31 @@ pub fn judge(path: &str, keys: &KeySet, protected: &DomainSet, today: i64) -> Ju
     if path.eq_ignore_ascii_case("postmaster") {
         return ok("exempt-postmaster");
     }
-    let verdict = match tag::verify(path, today, |k| keys.get(k)) {
+    // Parsed once: the tag check and the exemptions below share it.
+    let Ok(addr) = crate::address::parse(path) else {
         // Not an address: the downstream will say so.
-        Err(_) => return ok("not-an-address"),
-        Ok(v) => v,
+        return ok("not-an-address");
+    };
+    let domain = addr.domain;
+    let verdict = match tag::classify(path, addr) {
+        tag::Parsed::Untagged(a) => {
+            if !protected.contains(domain) {
+                return ok("not-protected");
+            }
+            if a.local.eq_ignore_ascii_case("postmaster") || a.local.eq_ignore_ascii_case("abuse") {
+                return ok("exempt-role");
+            }
+            if tag::is_srs(&a.local) {
+                return ok("exempt-srs");
+            }
+            // The signer leaves these untagged (either scheme), so bounces to them are real.
+            if tag::too_long_to_sign(&a.local, tag::Scheme::Native) {
+                return ok("exempt-too-long");
+            }
+            Verdict::Untagged
+        }
+        tag::Parsed::Malformed(why) => Verdict::Malformed(why),
+        tag::Parsed::Tagged(t) => tag::check(t, today, |k| keys.get(k)),
     };
     if let Verdict::Valid(c) | Verdict::Expired(c) = &verdict {
         let valid = verdict.is_valid();
@@ -67,24 +88,8 @@ pub fn judge(path: &str, keys: &KeySet, protected: &DomainSet, today: i64) -> Ju
             days_left: Some(c.days_left),
         };
     }
-    let Ok(addr) = crate::address::parse(path) else {
-        return ok("not-an-address");
-    };
-    let (local, domain) = (addr.local, addr.domain);
     if !protected.contains(domain) {
         return ok("not-protected");
-    }
-    if matches!(verdict, Verdict::Untagged) {
-        if local.eq_ignore_ascii_case("postmaster") || local.eq_ignore_ascii_case("abuse") {
-            return ok("exempt-role");
-        }
-        if tag::is_srs(&local) {
-            return ok("exempt-srs");
-        }
-        // The signer leaves these untagged (either scheme), so bounces to them are real.
-        if tag::too_long_to_sign(&local, tag::Scheme::Native) {
-            return ok("exempt-too-long");
-        }
     }
     Judgement {
         verdict: TxVerdict::Backscatter,

@@ -59,13 +59,6 @@ impl Default for Limits {
     }
 }
 
-/// How a session ended.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Summary {
-    pub messages: u64,
-    pub refused: u64,
-}
-
 enum Verb {
     Mail,
     Rcpt,
@@ -141,13 +134,12 @@ where
 
     /// Send a command downstream and return its reply.
     async fn exchange(&mut self, line: &[u8], what: &'static str) -> Result<Reply, SmtpError> {
-        smtp::send(&mut self.down_w, line).await?;
+        smtp::send(&mut self.down_w, line).await.map_err(SmtpError::Downstream)?;
         self.down_reply(what).await
     }
 
     /// Relay the greeting, then commands until QUIT or either side leaves.
-    pub async fn run(mut self) -> Result<Summary, SmtpError> {
-        let mut summary = Summary::default();
+    pub async fn run(mut self) -> Result<(), SmtpError> {
         let greeting = match self.down_reply("waiting for the downstream's greeting").await {
             Ok(g) => g,
             Err(e) => {
@@ -158,17 +150,17 @@ where
             }
         };
         self.reply_client(&greeting).await?;
-        let result = self.commands(&mut summary).await;
-        if let Err(SmtpError::Closed("by the downstream") | SmtpError::Timeout(_) | SmtpError::BadReply(_)) = &result {
+        let result = self.commands().await;
+        if result.as_ref().is_err_and(SmtpError::is_downstream) {
             // The downstream failed us: tell the client to come back later.
             let _ = self
                 .reply_client(&Reply::new(421, "4.4.2", "Lost the next hop, try again later"))
                 .await;
         }
-        result.map(|()| summary)
+        result
     }
 
-    async fn commands(&mut self, summary: &mut Summary) -> Result<(), SmtpError> {
+    async fn commands(&mut self) -> Result<(), SmtpError> {
         let mut line = Vec::with_capacity(smtp::MAX_COMMAND_LINE);
         loop {
             let read = tokio::time::timeout(
@@ -200,7 +192,7 @@ where
                 Verb::Mail | Verb::Rcpt => self.envelope(&line, matches!(v, Verb::Mail)).await?,
                 Verb::Data => {
                     if let Some(refusal) = self.policy.data() {
-                        self.refuse_transaction(&refusal, summary).await?;
+                        self.refuse_transaction(&refusal).await?;
                         continue;
                     }
                     let reply = self.exchange(&line, "waiting for the reply to DATA").await?;
@@ -213,25 +205,25 @@ where
                         DataEnd::Complete { .. } => {}
                         // The terminator never went downstream: dropping the connection
                         // makes the downstream discard the partial message.
-                        DataEnd::Incomplete => return Err(SmtpError::Closed("by the client during DATA")),
+                        DataEnd::Incomplete => return Err(SmtpError::ClientClosed("during DATA")),
                     }
-                    self.finish_message(summary).await?;
+                    self.finish_message().await?;
                 }
                 Verb::Bdat { size, last } => {
                     if let Some(refusal) = self.policy.data() {
                         // Consume the chunk so the session stays in step.
                         if !smtp::discard_exact(&mut self.client_r, size, self.limits.data).await? {
-                            return Err(SmtpError::Closed("by the client during BDAT"));
+                            return Err(SmtpError::ClientClosed("during BDAT"));
                         }
-                        self.refuse_transaction(&refusal, summary).await?;
+                        self.refuse_transaction(&refusal).await?;
                         continue;
                     }
-                    smtp::send(&mut self.down_w, &line).await?;
+                    smtp::send(&mut self.down_w, &line).await.map_err(SmtpError::Downstream)?;
                     if !smtp::relay_exact(&mut self.client_r, &mut self.down_w, size, self.limits.data).await? {
-                        return Err(SmtpError::Closed("by the client during BDAT"));
+                        return Err(SmtpError::ClientClosed("during BDAT"));
                     }
                     if last {
-                        self.finish_message(summary).await?;
+                        self.finish_message().await?;
                     } else {
                         let reply = self.down_reply("waiting for the reply to BDAT").await?;
                         self.reply_client(&reply).await?;
@@ -279,9 +271,9 @@ where
                             smtp::read_line(&mut self.client_r, &mut line, smtp::MAX_AUTH_LINE),
                         )
                         .await;
-                        match r.map_err(|_| SmtpError::Timeout("waiting for an AUTH response"))?? {
+                        match r.map_err(|_| SmtpError::ClientClosed("(timed out) during AUTH"))?? {
                             Line::Complete => {}
-                            _ => return Err(SmtpError::Closed("by the client during AUTH")),
+                            _ => return Err(SmtpError::ClientClosed("during AUTH")),
                         }
                         reply = self.exchange(&line, "waiting for the reply to AUTH").await?;
                     }
@@ -330,18 +322,14 @@ where
     }
 
     /// After the last octet of a message: the downstream's final reply is the client's.
-    async fn finish_message(&mut self, summary: &mut Summary) -> Result<(), SmtpError> {
+    async fn finish_message(&mut self) -> Result<(), SmtpError> {
         let reply = smtp::read_reply_within(&mut self.down_r, self.limits.data, "waiting for the reply to the end of data").await?;
-        if reply.is_positive() {
-            summary.messages += 1;
-        }
         self.policy.reset();
         self.reply_client(&reply).await
     }
 
     /// Refuse a transaction at DATA/BDAT; the downstream gets RSET so its state matches.
-    async fn refuse_transaction(&mut self, refusal: &Reply, summary: &mut Summary) -> Result<(), SmtpError> {
-        summary.refused += 1;
+    async fn refuse_transaction(&mut self, refusal: &Reply) -> Result<(), SmtpError> {
         self.exchange(b"RSET\r\n", "waiting for the reply to RSET").await?;
         self.policy.reset();
         self.reply_client(refusal).await

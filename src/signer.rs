@@ -2,7 +2,7 @@
 
 use crate::address::{self, AddressError, DomainSet};
 use crate::config::Config;
-use crate::keys::{KeyError, KeySet};
+use crate::keys::{Key, KeyError, KeySet};
 use crate::tag::{self, Scheme, Skip};
 
 /// What happened to one sender.
@@ -18,7 +18,7 @@ pub enum Outcome {
 /// Signs senders of the configured domains with the active key.
 #[derive(Debug, Clone)]
 pub struct Signer {
-    keys: KeySet,
+    key: Key,
     scheme: Scheme,
     lifetime: u16,
     domains: DomainSet,
@@ -26,11 +26,8 @@ pub struct Signer {
 
 impl Signer {
     pub fn new(keys: KeySet, config: &Config) -> Result<Self, KeyError> {
-        if keys.active().is_none() {
-            return Err(KeyError::NoActiveKey);
-        }
         Ok(Signer {
-            keys,
+            key: keys.active().cloned().ok_or(KeyError::NoActiveKey)?,
             scheme: config.scheme,
             lifetime: config.lifetime_days,
             domains: config.sign_domain_set(),
@@ -52,11 +49,13 @@ impl Signer {
         if let Some(skip) = tag::structural_skip(&addr, self.scheme) {
             return Outcome::Skipped(skip);
         }
-        // `new` checked that there is an active key.
-        let Some(key) = self.keys.active() else {
-            return Outcome::Skipped(Skip::NullSender);
-        };
-        match tag::sign(&key.tag, key.info.id, self.scheme, &addr, tag::day_stamp(today, self.lifetime)) {
+        match tag::sign(
+            &self.key.tag,
+            self.key.info.id,
+            self.scheme,
+            &addr,
+            tag::day_stamp(today, self.lifetime),
+        ) {
             Ok(s) => Outcome::Signed(s),
             Err(e) => Outcome::Invalid(e),
         }

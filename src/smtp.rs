@@ -14,16 +14,34 @@ pub const MAX_AUTH_LINE: usize = 12_288;
 const MAX_REPLY_LINE: usize = 4096;
 const MAX_REPLY_LINES: usize = 200;
 
+/// A session's failure, by side: the downstream's failures get the client a 421.
 #[derive(Debug, thiserror::Error)]
 pub enum SmtpError {
+    /// Reading from or writing to the client.
     #[error("{0}")]
     Io(#[from] io::Error),
+    #[error("connection closed by the client {0}")]
+    ClientClosed(&'static str),
+    /// Reading from or writing to the downstream.
+    #[error("downstream: {0}")]
+    Downstream(io::Error),
+    #[error("connection closed by the downstream")]
+    DownstreamClosed,
+    /// The downstream did not answer in time.
     #[error("timed out {0}")]
     Timeout(&'static str),
-    #[error("connection closed {0}")]
-    Closed(&'static str),
     #[error("malformed reply from the downstream: {0}")]
     BadReply(String),
+}
+
+impl SmtpError {
+    /// The downstream failed us (not the client).
+    pub fn is_downstream(&self) -> bool {
+        matches!(
+            self,
+            SmtpError::Downstream(_) | SmtpError::DownstreamClosed | SmtpError::Timeout(_) | SmtpError::BadReply(_)
+        )
+    }
 }
 
 /// A line read, or why there is none.
@@ -122,8 +140,8 @@ pub async fn read_reply<R: AsyncBufRead + Unpin>(r: &mut R) -> Result<Reply, Smt
     let mut line = Vec::new();
     let mut code = None;
     for _ in 0..MAX_REPLY_LINES {
-        match read_line(r, &mut line, MAX_REPLY_LINE).await? {
-            Line::Eof => return Err(SmtpError::Closed("by the downstream")),
+        match read_line(r, &mut line, MAX_REPLY_LINE).await.map_err(SmtpError::Downstream)? {
+            Line::Eof => return Err(SmtpError::DownstreamClosed),
             Line::TooLong => return Err(SmtpError::BadReply("line too long".into())),
             Line::Complete => {}
         }
@@ -220,9 +238,9 @@ where
         }
         client.consume(consumed);
         total += out.len() as u64;
-        down.write_all(&out).await?;
+        down.write_all(&out).await.map_err(SmtpError::Downstream)?;
         if finished {
-            down.flush().await?;
+            down.flush().await.map_err(SmtpError::Downstream)?;
             return Ok(DataEnd::Complete { bytes: total });
         }
     }
@@ -244,7 +262,7 @@ where
             return Ok(false);
         }
         let take = avail.len().min(n as usize);
-        down.write_all(&avail[..take]).await?;
+        down.write_all(&avail[..take]).await.map_err(SmtpError::Downstream)?;
         client.consume(take);
         n -= take as u64;
     }

@@ -304,34 +304,39 @@ pub enum Parsed<'a> {
 
 /// Parse an address and its tag, if any.
 pub fn parse(s: &str) -> Result<Parsed<'_>, AddressError> {
-    let addr = address::parse(s)?;
+    Ok(classify(s, address::parse(s)?))
+}
+
+/// Find the tag in an address already parsed from `s` (for callers that need the address
+/// too, so it is parsed once).
+pub fn classify<'a>(s: &'a str, addr: Address<'a>) -> Parsed<'a> {
     if !looks_tagged(&addr.local) {
-        return Ok(Parsed::Untagged(addr));
+        return Parsed::Untagged(addr);
     }
     let after = &addr.local[PREFIX.len()..];
     let Some(eq) = after.find('=') else {
-        return Ok(Parsed::Malformed("no '=' after the tag value"));
+        return Parsed::Malformed("no '=' after the tag value");
     };
     let val = &after.as_bytes()[..eq];
     let scheme = match val.len() {
         10 => Scheme::Prvs,
         12 => Scheme::Native,
-        0 => return Ok(Parsed::Malformed("empty tag value")),
-        _ => return Ok(Parsed::Malformed("tag value has the wrong length")),
+        0 => return Parsed::Malformed("empty tag value"),
+        _ => return Parsed::Malformed("tag value has the wrong length"),
     };
     if !val[..4].iter().all(u8::is_ascii_digit) {
-        return Ok(Parsed::Malformed("key digit and day must be digits"));
+        return Parsed::Malformed("key digit and day must be digits");
     }
     let hash_ok = match scheme {
         Scheme::Prvs => val[4..].iter().all(u8::is_ascii_hexdigit),
         Scheme::Native => unbase32_40(&val[4..]).is_some(),
     };
     if !hash_ok {
-        return Ok(Parsed::Malformed("bad character in the tag hash"));
+        return Parsed::Malformed("bad character in the tag hash");
     }
     let rest_start = PREFIX.len() + eq + 1;
     if rest_start >= addr.local.len() {
-        return Ok(Parsed::Malformed("nothing after the tag"));
+        return Parsed::Malformed("nothing after the tag");
     }
     let mut hash = [0u8; 8];
     hash[..val.len() - 4].copy_from_slice(&val[4..]);
@@ -346,7 +351,7 @@ pub fn parse(s: &str) -> Result<Parsed<'_>, AddressError> {
             (Cow::Owned(l), Cow::Owned(orig))
         }
     };
-    Ok(Parsed::Tagged(Tagged {
+    Parsed::Tagged(Tagged {
         scheme,
         key_id,
         day,
@@ -354,7 +359,7 @@ pub fn parse(s: &str) -> Result<Parsed<'_>, AddressError> {
         local,
         domain: addr.domain,
         original,
-    }))
+    })
 }
 
 /// The outcome of checking a tag.
