@@ -121,35 +121,38 @@ pub fn run(cli: Cli) -> u8 {
 }
 
 fn proxy(ctx: Context, a: crate::cli::ProxyArgs) -> Result<u8, CliError> {
-    use crate::config::ProxyMode;
     use crate::proxy;
-    let mut config = ctx.config;
-    if config.proxy.mode == ProxyMode::Front {
-        // Fail closed: without XCLIENT towards the MTA every client would look local.
-        return Err(CliError::Config(config::ConfigError::Invalid {
-            path: ctx.config_path,
-            detail: " proxy.mode = \"front\" is not available in this version; use \"before-queue\"".into(),
-        }));
-    }
-    if config.protected().is_empty() {
-        return Err(CliError::Config(config::ConfigError::Invalid {
-            path: ctx.config_path,
-            detail: " the proxy needs protected_domains (or sign_domains)".into(),
-        }));
-    }
-    config.proxy.listen = a.listen.unwrap_or(config.proxy.listen);
+    let invalid = |detail: String| {
+        CliError::Config(config::ConfigError::Invalid {
+            path: ctx.config_path.clone(),
+            detail: format!(" {detail}"),
+        })
+    };
+    let mut config = ctx.config.clone();
     config.proxy.forward = a.forward.unwrap_or(config.proxy.forward);
+    let listen = a.listen.unwrap_or(config.proxy.listen);
+    let settings = proxy::Settings::from_config(&config).map_err(invalid)?;
     let store = KeyStore::new(&ctx.keys_dir, config.key_group.as_deref())?;
     let keys = proxy::startup_keys(&store)?;
-    let shared = std::sync::Arc::new(proxy::Shared::from_config(&config, keys, ctx.fixed_now.then_some(ctx.now)));
+    let shared = std::sync::Arc::new(proxy::Shared::new(settings, keys, ctx.fixed_now.then_some(ctx.now)));
+    let source = proxy::Source {
+        config: ctx.config_path.clone(),
+        forward: a.forward,
+        store,
+    };
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    let max = config.proxy.max_connections.get() as usize;
-    let listen = config.proxy.listen;
     let served = rt.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(listen)
-            .await
-            .map_err(|e| io::Error::new(e.kind(), format!("listen on {listen}: {e}")))?;
-        proxy::serve(listener, shared, store, max).await
+        let bind = |addr: std::net::SocketAddr| async move {
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| io::Error::new(e.kind(), format!("listen on {addr}: {e}")))
+        };
+        let listener = bind(listen).await?;
+        let metrics = match config.proxy.metrics_listen {
+            Some(m) => Some(bind(m).await?),
+            None => None,
+        };
+        proxy::serve(listener, shared, source, config, metrics).await
     });
     rt.shutdown_timeout(std::time::Duration::from_secs(1));
     served?;

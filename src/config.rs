@@ -58,6 +58,16 @@ pub enum ProxyMode {
     Front,
 }
 
+/// How a front proxy tells the MTA who the client is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FrontProtocol {
+    /// Postfix XCLIENT (`smtpd_authorized_xclient_hosts`).
+    Xclient,
+    /// A PROXY protocol v2 header (Postfix `smtpd_upstream_proxy_protocol = haproxy`).
+    ProxyV2,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RejectAt {
@@ -121,6 +131,22 @@ pub struct ProxyConfig {
     pub trusted_relays: Vec<String>,
     #[serde(default = "default_max_connections")]
     pub max_connections: NonZeroU32,
+    /// Front mode: XCLIENT or PROXY v2 towards the MTA.
+    #[serde(default = "default_front_protocol")]
+    pub front_protocol: FrontProtocol,
+    /// Recipients per message (Postfix smtpd_recipient_limit); more get 452 4.5.3.
+    #[serde(default = "default_max_recipients")]
+    pub max_recipients: NonZeroU32,
+    /// Error replies per session before it is closed (Postfix smtpd_hard_error_limit).
+    #[serde(default = "default_max_errors")]
+    pub max_errors: NonZeroU32,
+    /// Invalid tags (forged, expired, unknown key, malformed) in bounces per session
+    /// before it is closed.
+    #[serde(default = "default_max_failed_tags")]
+    pub max_failed_tags: NonZeroU32,
+    /// Serve counters as Prometheus text here (loopback only).
+    #[serde(default, deserialize_with = "loopback_opt", skip_serializing_if = "Option::is_none")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// Waiting for a command or a reply to one (RFC 5321 §4.5.3.2: 5 minutes).
     #[serde(default = "default_command_timeout")]
     pub command_timeout_ms: u64,
@@ -166,6 +192,27 @@ fn default_command_timeout() -> u64 {
 fn default_data_timeout() -> u64 {
     600_000
 }
+fn default_front_protocol() -> FrontProtocol {
+    FrontProtocol::Xclient
+}
+fn default_max_recipients() -> NonZeroU32 {
+    NonZeroU32::new(1000).unwrap_or(NonZeroU32::MIN)
+}
+fn default_max_errors() -> NonZeroU32 {
+    NonZeroU32::new(20).unwrap_or(NonZeroU32::MIN)
+}
+fn default_max_failed_tags() -> NonZeroU32 {
+    NonZeroU32::new(10).unwrap_or(NonZeroU32::MIN)
+}
+fn loopback_opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<std::net::SocketAddr>, D::Error> {
+    let a = std::net::SocketAddr::deserialize(d)?;
+    if !a.ip().is_loopback() {
+        return Err(serde::de::Error::custom(format!(
+            "{a}: the metrics port serves loopback only (127.0.0.1 or ::1)"
+        )));
+    }
+    Ok(Some(a))
+}
 fn default_max_connections() -> NonZeroU32 {
     NonZeroU32::new(1000).unwrap_or(NonZeroU32::MIN)
 }
@@ -192,6 +239,11 @@ impl Default for ProxyConfig {
             enforce_after: None,
             trusted_relays: vec![],
             max_connections: default_max_connections(),
+            front_protocol: default_front_protocol(),
+            max_recipients: default_max_recipients(),
+            max_errors: default_max_errors(),
+            max_failed_tags: default_max_failed_tags(),
+            metrics_listen: None,
             command_timeout_ms: default_command_timeout(),
             data_timeout_ms: default_data_timeout(),
             tls_cert: None,

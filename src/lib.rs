@@ -9,6 +9,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod exit;
+pub mod front;
 pub mod keys;
 pub mod privilege;
 pub mod proxy;

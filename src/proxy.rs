@@ -1,10 +1,13 @@
 //! The SMTP proxy: verifies bounces in the session, strips authentic tags, relays the rest.
 //!
 //! A listener with a connection limit, one task per connection, each a [`Session`] with the
-//! [`Verify`] policy towards the downstream MTA. Keys are shared as an `Arc<KeySet>` snapshot
-//! taken per transaction, replaced whole on SIGHUP or when the keys directory changes.
+//! [`Verify`] policy towards the downstream MTA. Keys and settings are shared as `Arc`
+//! snapshots taken per transaction, replaced whole on SIGHUP (and the keys also when their
+//! directory changes), so a reload never disturbs a session. Front mode adds the client
+//! handoff and STARTTLS of [`crate::front`].
 
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
@@ -12,12 +15,14 @@ use std::time::{Duration, SystemTime};
 use tokio::io::BufReader;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
 
 use crate::address::DomainSet;
-use crate::config::{Config, IpNet, RejectAt};
+use crate::config::{Config, FrontProtocol, IpNet, ProxyMode, RejectAt};
+use crate::front::{self, ClientIo};
 use crate::keys::{KeyError, KeySet, KeyStore};
-use crate::session::{Decision, Limits, Policy, Session};
-use crate::smtp::{self, Reply};
+use crate::session::{Decision, End, Limits, Policy, Session};
+use crate::smtp::{self, Reply, SmtpError};
 use crate::tag::{self, Verdict};
 
 /// A recipient's standing in a null-sender transaction.
@@ -109,34 +114,73 @@ pub struct Counters {
     pub bounce_ok: AtomicU64,
     pub backscatter: AtomicU64,
     pub refused_transactions: AtomicU64,
+    /// Backscatter transactions let through because the proxy only monitors.
+    pub monitored_transactions: AtomicU64,
     pub stripped: AtomicU64,
     pub per_key: [AtomicU64; 10],
     pub connections: AtomicU64,
+    /// Front mode: the MTA did not take XCLIENT / PROXY v2 (client got 421 4.3.0).
+    pub handoff_failures: AtomicU64,
+    /// Sessions closed for too many invalid tags.
+    pub failed_tag_closes: AtomicU64,
 }
 
 impl Counters {
+    /// Prometheus text exposition format (also what SIGUSR1 prints).
     pub fn render(&self) -> String {
-        let mut s = format!(
-            "batv_rcpt_total{{verdict=\"bounce-ok\"}} {}\nbatv_rcpt_total{{verdict=\"backscatter\"}} {}\nbatv_refused_transactions_total {}\nbatv_stripped_total {}\nbatv_connections_total {}\n",
-            self.bounce_ok.load(Ordering::Relaxed),
-            self.backscatter.load(Ordering::Relaxed),
-            self.refused_transactions.load(Ordering::Relaxed),
-            self.stripped.load(Ordering::Relaxed),
-            self.connections.load(Ordering::Relaxed),
-        );
-        for (k, c) in self.per_key.iter().enumerate() {
-            let n = c.load(Ordering::Relaxed);
-            if n > 0 {
-                s.push_str(&format!("batv_tags_total{{key=\"{k}\"}} {n}\n"));
+        let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let mut s = String::new();
+        let mut metric = |name: &str, help: &str, rows: &[(&str, u64)]| {
+            s.push_str(&format!("# HELP {name} {help}\n# TYPE {name} counter\n"));
+            for (labels, v) in rows {
+                s.push_str(&format!("{name}{labels} {v}\n"));
             }
-        }
+        };
+        metric(
+            "batv_rcpt_total",
+            "Recipients of bounces, by verdict.",
+            &[
+                ("{verdict=\"bounce-ok\"}", n(&self.bounce_ok)),
+                ("{verdict=\"backscatter\"}", n(&self.backscatter)),
+            ],
+        );
+        metric(
+            "batv_transactions_total",
+            "Backscatter transactions, by what was done.",
+            &[
+                ("{action=\"refused\"}", n(&self.refused_transactions)),
+                ("{action=\"monitored\"}", n(&self.monitored_transactions)),
+            ],
+        );
+        metric("batv_stripped_total", "Recipients relayed with their tag stripped.", &[("", n(&self.stripped))]);
+        let keys: Vec<(String, u64)> = self
+            .per_key
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| n(c) > 0)
+            .map(|(k, c)| (format!("{{key=\"{k}\"}}"), n(c)))
+            .collect();
+        let rows: Vec<(&str, u64)> = keys.iter().map(|(l, v)| (l.as_str(), *v)).collect();
+        metric("batv_tags_total", "Authentic tags seen, by key id.", &rows);
+        metric("batv_connections_total", "Client connections accepted.", &[("", n(&self.connections))]);
+        metric(
+            "batv_handoff_failures_total",
+            "Front mode: connections refused because the MTA did not take XCLIENT or PROXY v2.",
+            &[("", n(&self.handoff_failures))],
+        );
+        metric(
+            "batv_failed_tag_closes_total",
+            "Sessions closed for too many invalid tags.",
+            &[("", n(&self.failed_tag_closes))],
+        );
         s
     }
 }
 
-/// What every connection shares.
-pub struct Shared {
-    pub keys: RwLock<Arc<KeySet>>,
+/// What the config file decides; replaced whole on SIGHUP, one snapshot per transaction.
+pub struct Settings {
+    pub mode: ProxyMode,
+    pub front_protocol: FrontProtocol,
     pub protected: DomainSet,
     pub trusted: Vec<IpNet>,
     pub reject_at: RejectAt,
@@ -145,25 +189,63 @@ pub struct Shared {
     pub enforce_after: Option<i64>,
     pub forward: SocketAddr,
     pub limits: Limits,
+    pub max_failed_tags: u32,
+    /// Front mode with a certificate: STARTTLS is offered and ended here.
+    pub tls: Option<TlsAcceptor>,
+    /// For the EHLO the proxy itself sends before XCLIENT.
+    pub hostname: String,
+}
+
+impl Settings {
+    pub fn from_config(config: &Config) -> Result<Settings, String> {
+        if config.protected().is_empty() {
+            return Err("the proxy needs protected_domains (or sign_domains)".into());
+        }
+        let p = &config.proxy;
+        let tls = match (&p.tls_cert, &p.tls_key, p.mode) {
+            (Some(c), Some(k), ProxyMode::Front) => Some(front::acceptor(c, k).map_err(|e| format!("proxy.tls_cert: {e}"))?),
+            _ => None,
+        };
+        Ok(Settings {
+            mode: p.mode,
+            front_protocol: p.front_protocol,
+            protected: config.protected_domain_set(),
+            trusted: p.trusted_relays.iter().filter_map(|n| IpNet::parse(n).ok()).collect(),
+            reject_at: p.reject_at,
+            enforce: p.enforce,
+            enforce_after: p.enforce_after.as_deref().and_then(|d| crate::time::parse_now(d).ok()),
+            forward: p.forward,
+            limits: Limits {
+                command: Duration::from_millis(p.command_timeout_ms),
+                data: Duration::from_millis(p.data_timeout_ms),
+                recipients: p.max_recipients.get() as usize,
+                errors: p.max_errors.get() as usize,
+            },
+            max_failed_tags: p.max_failed_tags.get(),
+            tls,
+            hostname: front::hostname(),
+        })
+    }
+
+    fn enforcing(&self, now: i64) -> bool {
+        self.enforce && self.enforce_after.is_none_or(|t| now >= t)
+    }
+}
+
+/// What every connection shares.
+pub struct Shared {
+    keys: RwLock<Arc<KeySet>>,
+    settings: RwLock<Arc<Settings>>,
     pub counters: Counters,
     /// Fixed clock for tests (`--now`); None = the system clock.
-    pub now: Option<i64>,
+    now: Option<i64>,
 }
 
 impl Shared {
-    pub fn from_config(config: &Config, keys: KeySet, now: Option<i64>) -> Self {
+    pub fn new(settings: Settings, keys: KeySet, now: Option<i64>) -> Self {
         Shared {
             keys: RwLock::new(Arc::new(keys)),
-            protected: config.protected_domain_set(),
-            trusted: config.proxy.trusted_relays.iter().filter_map(|n| IpNet::parse(n).ok()).collect(),
-            reject_at: config.proxy.reject_at,
-            enforce: config.proxy.enforce,
-            enforce_after: config.proxy.enforce_after.as_deref().and_then(|d| crate::time::parse_now(d).ok()),
-            forward: config.proxy.forward,
-            limits: Limits {
-                command: Duration::from_millis(config.proxy.command_timeout_ms),
-                data: Duration::from_millis(config.proxy.data_timeout_ms),
-            },
+            settings: RwLock::new(Arc::new(settings)),
             counters: Counters::default(),
             now,
         }
@@ -173,18 +255,22 @@ impl Shared {
         self.now.unwrap_or_else(crate::time::system_now)
     }
 
-    fn keys(&self) -> Arc<KeySet> {
+    pub fn keys(&self) -> Arc<KeySet> {
         self.keys.read().map(|k| k.clone()).unwrap_or_default()
     }
 
-    fn enforcing(&self) -> bool {
-        self.enforce && self.enforce_after.is_none_or(|t| self.now() >= t)
+    pub fn settings(&self) -> Arc<Settings> {
+        match self.settings.read() {
+            Ok(s) => s.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
     }
 }
 
 /// The verifying direction of a session.
 pub struct Verify<'a> {
     shared: &'a Shared,
+    settings: Arc<Settings>,
     session: u64,
     client: IpAddr,
     trusted_client: bool,
@@ -196,16 +282,18 @@ pub struct Verify<'a> {
     verdict: Option<TxVerdict>,
     pending: Option<TxVerdict>,
     reason: &'static str,
+    /// Invalid tags seen in bounces in this session.
+    failed_tags: u32,
 }
 
 impl<'a> Verify<'a> {
     pub fn new(shared: &'a Shared, session: u64, client: IpAddr) -> Self {
-        let trusted_client = shared.trusted.iter().any(|n| n.contains(client));
         let mut v = Verify {
             shared,
+            settings: shared.settings(),
             session,
             client,
-            trusted_client,
+            trusted_client: false,
             keys: shared.keys(),
             today: 0,
             enforce: true,
@@ -213,6 +301,7 @@ impl<'a> Verify<'a> {
             verdict: None,
             pending: None,
             reason: "",
+            failed_tags: 0,
         };
         v.reset();
         v
@@ -224,30 +313,46 @@ impl<'a> Verify<'a> {
             "batv-proxy: session={:x} client={} sender=<{}> rcpt=<{}> verdict={} reason={} action={} key={} tag_days_left={}",
             self.session,
             self.client,
-            self.sender.as_deref().unwrap_or(""),
+            self.sender.as_deref().unwrap_or("").escape_debug(),
             rcpt.escape_debug(),
-            match j.verdict {
-                TxVerdict::BounceOk => "bounce-ok",
-                TxVerdict::Backscatter => "backscatter",
-            },
+            verdict_name(j.verdict),
             j.reason,
             action,
             opt(j.key.map(|k| k.to_string())),
             opt(j.days_left.map(|d| d.to_string())),
         );
     }
+
+    fn bounce(&self) -> bool {
+        self.sender.as_deref() == Some("")
+    }
+}
+
+fn verdict_name(v: TxVerdict) -> &'static str {
+    match v {
+        TxVerdict::BounceOk => "bounce-ok",
+        TxVerdict::Backscatter => "backscatter",
+    }
+}
+
+/// The queue id in a final reply (Postfix: `250 2.0.0 Ok: queued as 4Xy1z2`).
+fn queue_id(reply: &Reply) -> Option<String> {
+    let text = String::from_utf8_lossy(&reply.raw);
+    let after = text.split("queued as ").nth(1)?;
+    let id: String = after.chars().take_while(|c| c.is_ascii_alphanumeric()).take(64).collect();
+    (!id.is_empty()).then_some(id)
 }
 
 impl Policy for Verify<'_> {
     fn mail(&mut self, path: &str) -> Decision {
-        // A fresh key snapshot and clock per transaction.
+        // A fresh key and settings snapshot and clock per transaction.
         self.reset();
         self.sender = Some(path.to_string());
         Decision::Relay(None)
     }
 
     fn rcpt(&mut self, path: &str) -> Decision {
-        let j = judge(path, &self.keys, &self.shared.protected, self.today);
+        let mut j = judge(path, &self.keys, &self.settings.protected, self.today);
         let c = &self.shared.counters;
         if let Some(k) = j.key.filter(|_| j.stripped.is_some()) {
             c.per_key[k as usize].fetch_add(1, Ordering::Relaxed);
@@ -256,11 +361,9 @@ impl Policy for Verify<'_> {
         if j.stripped.is_some() {
             c.stripped.fetch_add(1, Ordering::Relaxed);
         }
-        let bounce = self.sender.as_deref() == Some("");
-        if !bounce {
+        if !self.bounce() {
             return relay;
         }
-        let mut j = j;
         if self.trusted_client && j.verdict == TxVerdict::Backscatter {
             j.verdict = TxVerdict::BounceOk;
             j.reason = "trusted-relay";
@@ -269,7 +372,16 @@ impl Policy for Verify<'_> {
             TxVerdict::BounceOk => c.bounce_ok.fetch_add(1, Ordering::Relaxed),
             TxVerdict::Backscatter => c.backscatter.fetch_add(1, Ordering::Relaxed),
         };
-        if j.verdict == TxVerdict::Backscatter && self.enforce && self.shared.reject_at == RejectAt::Rcpt {
+        // Guessing at tags: forged or made-up ones (an expired tag was once ours).
+        if matches!(j.reason, "bad-signature" | "unknown-key" | "malformed") {
+            self.failed_tags += 1;
+            if self.failed_tags > self.settings.max_failed_tags {
+                c.failed_tag_closes.fetch_add(1, Ordering::Relaxed);
+                self.log(path, &j, "closed-too-many-invalid-tags");
+                return Decision::Close(Reply::new(421, "4.7.0", "Too many invalid BATV tags, closing"));
+            }
+        }
+        if j.verdict == TxVerdict::Backscatter && self.enforce && self.settings.reject_at == RejectAt::Rcpt {
             self.log(path, &j, "refused");
             return Decision::Refuse(Reply::new(
                 550,
@@ -278,7 +390,7 @@ impl Policy for Verify<'_> {
             ));
         }
         let first = self.verdict.or(self.pending);
-        if first.is_some_and(|v| v != j.verdict && self.shared.reject_at == RejectAt::Data) {
+        if first.is_some_and(|v| v != j.verdict && self.settings.reject_at == RejectAt::Data) {
             self.log(path, &j, "deferred-452");
             return Decision::Refuse(Reply::new(
                 452,
@@ -303,26 +415,54 @@ impl Policy for Verify<'_> {
     }
 
     fn data(&mut self) -> Option<Reply> {
-        if self.enforce && self.verdict == Some(TxVerdict::Backscatter) {
-            self.shared.counters.refused_transactions.fetch_add(1, Ordering::Relaxed);
-            eprintln!(
-                "batv-proxy: session={:x} client={} sender=<> verdict=backscatter reason={} action=refused-at-data",
-                self.session, self.client, self.reason
-            );
-            return Some(Reply::new(
-                550,
-                "5.7.1",
-                "Backscatter refused: no recipient of this bounce sent the original message (BATV)",
-            ));
+        if self.verdict != Some(TxVerdict::Backscatter) {
+            return None;
         }
-        None
+        let c = &self.shared.counters;
+        let action = if self.enforce { "refused-at-data" } else { "delivered-monitor" };
+        eprintln!(
+            "batv-proxy: session={:x} client={} sender=<> verdict=backscatter reason={} action={action}",
+            self.session, self.client, self.reason
+        );
+        if !self.enforce {
+            c.monitored_transactions.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        c.refused_transactions.fetch_add(1, Ordering::Relaxed);
+        Some(Reply::new(
+            550,
+            "5.7.1",
+            "Backscatter refused: no recipient of this bounce sent the original message (BATV)",
+        ))
+    }
+
+    fn header(&mut self) -> Option<Vec<u8>> {
+        // Monitor mode marks what it would have done, so an admin can sort and check.
+        let v = self.verdict.filter(|_| !self.enforce && self.bounce())?;
+        Some(format!("X-BATV: {}; reason={}; mode=monitor\r\n", verdict_name(v), self.reason).into_bytes())
+    }
+
+    fn finished(&mut self, reply: &Reply) {
+        if let Some(v) = self.verdict.filter(|_| self.bounce()) {
+            eprintln!(
+                "batv-proxy: session={:x} client={} sender=<> verdict={} reason={} result={} queue_id={}",
+                self.session,
+                self.client,
+                verdict_name(v),
+                self.reason,
+                reply.code,
+                queue_id(reply).as_deref().unwrap_or("-")
+            );
+        }
     }
 
     fn reset(&mut self) {
         self.keys = self.shared.keys();
+        self.settings = self.shared.settings();
+        self.trusted_client = self.settings.trusted.iter().any(|n| n.contains(self.client));
         let now = self.shared.now();
         self.today = tag::unix_day(now);
-        self.enforce = self.shared.enforcing();
+        self.enforce = self.settings.enforcing(now);
         self.sender = None;
         self.verdict = None;
         self.pending = None;
@@ -333,8 +473,9 @@ impl Policy for Verify<'_> {
 /// Handle one client connection.
 pub async fn handle(shared: Arc<Shared>, client: TcpStream, peer: SocketAddr, id: u64) {
     shared.counters.connections.fetch_add(1, Ordering::Relaxed);
-    let (cr, mut cw) = client.into_split();
-    let down = match tokio::time::timeout(shared.limits.command, TcpStream::connect(shared.forward)).await {
+    let settings = shared.settings();
+    let limits = settings.limits;
+    let down = match tokio::time::timeout(limits.command, TcpStream::connect(settings.forward)).await {
         Ok(Ok(d)) => d,
         failure => {
             let why = match failure {
@@ -344,10 +485,11 @@ pub async fn handle(shared: Arc<Shared>, client: TcpStream, peer: SocketAddr, id
             eprintln!(
                 "batv-proxy: session={id:x} client={} downstream={} error=\"{why}\" action=421",
                 peer.ip(),
-                shared.forward
+                settings.forward
             );
+            let mut client = client;
             let _ = smtp::send(
-                &mut cw,
+                &mut client,
                 &Reply::new(421, "4.4.2", "Service temporarily unavailable, try again later").raw,
             )
             .await;
@@ -357,19 +499,74 @@ pub async fn handle(shared: Arc<Shared>, client: TcpStream, peer: SocketAddr, id
     let _ = down.set_nodelay(true);
     let (dr, dw) = down.into_split();
     let mut policy = Verify::new(&shared, id, peer.ip());
-    let result = Session {
-        client_r: BufReader::new(cr),
-        client_w: cw,
-        down_r: BufReader::new(dr),
-        down_w: dw,
-        policy: &mut policy,
-        limits: shared.limits,
-    }
-    .run()
-    .await;
+    let result = match settings.mode {
+        ProxyMode::BeforeQueue => {
+            let (cr, cw) = client.into_split();
+            Session::new(BufReader::new(cr), cw, BufReader::new(dr), dw, &mut policy, limits)
+                .run()
+                .await
+                .map(|_| ())
+        }
+        ProxyMode::Front => front_session(&shared, &settings, client, peer, id, BufReader::new(dr), dw, &mut policy).await,
+    };
     if let Err(e) = result {
         eprintln!("batv-proxy: session={id:x} client={} error=\"{e}\"", peer.ip());
     }
+}
+
+/// Front mode: hand the client's identity to the MTA (or refuse the client), then relay,
+/// ending STARTTLS here when a certificate is configured.
+#[allow(clippy::too_many_arguments)]
+async fn front_session(
+    shared: &Shared,
+    settings: &Settings,
+    client: TcpStream,
+    peer: SocketAddr,
+    id: u64,
+    mut dr: BufReader<tokio::net::tcp::OwnedReadHalf>,
+    mut dw: tokio::net::tcp::OwnedWriteHalf,
+    policy: &mut Verify<'_>,
+) -> Result<(), SmtpError> {
+    let limits = settings.limits;
+    let local = client.local_addr()?;
+    let handoff = front::handoff(settings.front_protocol, &mut dr, &mut dw, peer, local, &settings.hostname, limits.command).await;
+    let greeting = match handoff {
+        Ok(g) => g,
+        Err(e) => {
+            shared.counters.handoff_failures.fetch_add(1, Ordering::Relaxed);
+            eprintln!("batv-proxy: session={id:x} client={} error=\"{e}\" action=421", peer.ip());
+            let mut client = client;
+            smtp::send(&mut client, &Reply::new(421, "4.3.0", "Service not available, try again later").raw).await?;
+            return Ok(());
+        }
+    };
+    let (r, w) = tokio::io::split(ClientIo::Plain(client));
+    let mut session = Session::new(BufReader::new(r), w, dr, dw, &mut *policy, limits);
+    session.front = true;
+    session.starttls = settings.tls.is_some();
+    let mut end = session.greeted(&greeting).await?;
+    while end == End::StartTls {
+        let (cr, cw, dr, dw) = session.into_parts();
+        // into_inner drops whatever the client pipelined after STARTTLS: it was sent in
+        // the clear and must not count as sent inside TLS (RFC 3207 §4.2, CVE-2011-0411).
+        let ClientIo::Plain(tcp) = cr.into_inner().unsplit(cw) else {
+            return Ok(());
+        };
+        // The current certificate (reloaded on SIGHUP).
+        let Some(acceptor) = shared.settings().tls.clone().or_else(|| settings.tls.clone()) else {
+            return Ok(());
+        };
+        let tls = match tokio::time::timeout(limits.command, acceptor.accept(tcp)).await {
+            Ok(Ok(t)) => t,
+            Ok(Err(e)) => return Err(SmtpError::Io(e)),
+            Err(_) => return Err(SmtpError::ClientClosed("(timed out) during the TLS handshake")),
+        };
+        let (r, w) = tokio::io::split(ClientIo::Tls(Box::new(tls)));
+        session = Session::new(BufReader::new(r), w, dr, dw, &mut *policy, limits);
+        session.front = true;
+        end = session.resume().await?;
+    }
+    Ok(())
 }
 
 /// A change stamp for the keys directory (manifest and secrets), for reloads.
@@ -390,7 +587,7 @@ fn stamp(dir: &std::path::Path) -> Vec<(String, SystemTime, u64)> {
 }
 
 /// Reload the keys: all or nothing; a bad new set keeps the old one.
-pub fn reload(shared: &Shared, store: &KeyStore) {
+pub fn reload_keys(shared: &Shared, store: &KeyStore) {
     match store.load() {
         Ok(k) if !k.is_empty() => {
             if let Ok(mut w) = shared.keys.write() {
@@ -406,6 +603,50 @@ pub fn reload(shared: &Shared, store: &KeyStore) {
     }
 }
 
+/// Where the settings come from, for SIGHUP.
+pub struct Source {
+    pub config: PathBuf,
+    /// `--forward`, which outlives reloads.
+    pub forward: Option<SocketAddr>,
+    pub store: KeyStore,
+}
+
+impl Source {
+    /// Read the config file and build settings from it.
+    pub fn load(&self) -> Result<(Config, Settings), String> {
+        let mut config = Config::load(Some(&self.config)).map_err(|e| e.to_string())?;
+        if let Some(f) = self.forward {
+            config.proxy.forward = f;
+        }
+        let settings = Settings::from_config(&config).map_err(|e| format!("{}: {e}", self.config.display()))?;
+        Ok((config, settings))
+    }
+
+    /// SIGHUP: config, certificate and keys; each all or nothing.
+    fn reload(&self, shared: &Shared, running: &Config) {
+        match self.load() {
+            Ok((config, settings)) => {
+                for (what, changed) in [
+                    ("proxy.listen", config.proxy.listen != running.proxy.listen),
+                    ("proxy.max_connections", config.proxy.max_connections != running.proxy.max_connections),
+                    ("proxy.metrics_listen", config.proxy.metrics_listen != running.proxy.metrics_listen),
+                    ("keys_dir", config.keys_dir != running.keys_dir),
+                ] {
+                    if changed {
+                        eprintln!("batv-proxy: {what} changed: takes effect at the next restart");
+                    }
+                }
+                if let Ok(mut w) = shared.settings.write() {
+                    *w = Arc::new(settings);
+                }
+                eprintln!("batv-proxy: configuration reloaded from {}", self.config.display());
+            }
+            Err(e) => eprintln!("batv-proxy: configuration not reloaded: {e}; keeping the old one"),
+        }
+        reload_keys(shared, &self.store);
+    }
+}
+
 /// Load the keys a daemon starts with: never invents one (exit 78 without).
 pub fn startup_keys(store: &KeyStore) -> Result<KeySet, KeyError> {
     let keys = store.load()?;
@@ -418,23 +659,83 @@ pub fn startup_keys(store: &KeyStore) -> Result<KeySet, KeyError> {
     Ok(keys)
 }
 
+/// Answer each connection with the counters as Prometheus text, HTTP/1.0 style.
+async fn serve_metrics(listener: TcpListener, shared: Arc<Shared>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    loop {
+        let Ok((mut sock, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            // Read the request head (ignored: every path gets the metrics), bounded.
+            let mut buf = [0u8; 4096];
+            let mut seen = 0;
+            let _ = tokio::time::timeout(Duration::from_secs(2), async {
+                while seen < buf.len() {
+                    match sock.read(&mut buf[seen..]).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => seen += n,
+                    }
+                    if buf[..seen].windows(4).any(|w| w == b"\r\n\r\n") {
+                        break;
+                    }
+                }
+            })
+            .await;
+            let body = shared.counters.render();
+            let head = format!(
+                "HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = sock.write_all(head.as_bytes()).await;
+            let _ = sock.write_all(body.as_bytes()).await;
+            let _ = sock.shutdown().await;
+        });
+    }
+}
+
 /// Serve until SIGTERM/SIGINT, then stop accepting and let sessions finish (bounded by
-/// the data timeout).
-pub async fn serve(listener: TcpListener, shared: Arc<Shared>, store: KeyStore, max_connections: usize) -> std::io::Result<()> {
+/// the timeouts). SIGHUP reloads configuration, certificate and keys; the keys directory
+/// is also watched.
+pub async fn serve(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    source: Source,
+    running: Config,
+    metrics: Option<TcpListener>,
+) -> std::io::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
     let mut usr1 = signal(SignalKind::user_defined1())?;
+    let max_connections = running.proxy.max_connections.get() as usize;
     let limit = Arc::new(Semaphore::new(max_connections));
     let mut poll = tokio::time::interval(Duration::from_secs(2));
-    let mut last = stamp(store.dir());
+    let mut last = stamp(source.store.dir());
     let mut next_id: u64 = (crate::time::system_now() as u64) << 16;
-    eprintln!(
-        "batv-proxy: listening on {} forwarding to {}",
-        listener.local_addr()?,
-        shared.forward
-    );
+    if let Some(m) = metrics {
+        eprintln!("batv-proxy: metrics on http://{}/metrics", m.local_addr()?);
+        tokio::spawn(serve_metrics(m, shared.clone()));
+    }
+    {
+        let s = shared.settings();
+        eprintln!(
+            "batv-proxy: listening on {} forwarding to {} mode={} enforce={}",
+            listener.local_addr()?,
+            s.forward,
+            match s.mode {
+                ProxyMode::BeforeQueue => "before-queue",
+                ProxyMode::Front => "front",
+            },
+            s.enforcing(shared.now()),
+        );
+        if s.mode == ProxyMode::Front && s.tls.is_none() {
+            eprintln!("batv-proxy: warning: front mode without proxy.tls_cert: no STARTTLS, so MTA-STS and DANE senders will not deliver");
+        }
+    }
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -465,12 +766,12 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, store: KeyStore, 
                     }
                 }
             }
-            _ = hup.recv() => reload(&shared, &store),
+            _ = hup.recv() => source.reload(&shared, &running),
             _ = poll.tick() => {
-                let now = stamp(store.dir());
+                let now = stamp(source.store.dir());
                 if now != last {
                     last = now;
-                    reload(&shared, &store);
+                    reload_keys(&shared, &source.store);
                 }
             }
             _ = usr1.recv() => eprint!("{}", shared.counters.render()),
@@ -481,6 +782,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, store: KeyStore, 
     drop(listener);
     eprintln!("batv-proxy: draining {} session(s)", max_connections - limit.available_permits());
     let drain = limit.acquire_many(max_connections as u32);
-    let _ = tokio::time::timeout(shared.limits.data + shared.limits.command, drain).await;
+    let l = shared.settings().limits;
+    let _ = tokio::time::timeout(l.data + l.command, drain).await;
     Ok(())
 }

@@ -439,20 +439,20 @@ impl Wrapper {
             let (Some(down_w), Some(down_r)) = (child.stdin.take(), child.stdout.take()) else {
                 return EX_SOFTWARE;
             };
-            let result = Session {
-                client_r: tokio::io::BufReader::new(tokio::io::stdin()),
-                client_w: tokio::io::stdout(),
-                down_r: tokio::io::BufReader::new(down_r),
+            let mut session = Session::new(
+                tokio::io::BufReader::new(tokio::io::stdin()),
+                tokio::io::stdout(),
+                tokio::io::BufReader::new(down_r),
                 down_w,
-                policy: &mut policy,
-                limits: session::Limits::default(),
-            }
-            .run()
-            .await;
+                &mut policy,
+                session::Limits::default(),
+            );
+            let result = session.run().await;
+            // Closing the child's stdin lets it see the end and exit.
+            drop(session);
             if let Err(e) = &result {
                 eprintln!("batv sendmail: SMTP session: {e}");
             }
-            // The session dropped the child's stdin: it sees the end and exits.
             match child.wait().await {
                 Ok(status) => exit_status(status),
                 Err(_) => EX_TEMPFAIL,

@@ -1,14 +1,14 @@
 //! One SMTP session relayed between a client and a downstream server, command by command.
 //!
 //! Transparent: every command goes downstream and every reply comes back from it, except
-//! the decisions a [`Policy`] makes itself (a rewritten path, a refusal). Commands are
-//! handled one at a time in order, so a pipelining client simply finds its next commands
-//! waiting in our buffer and gets its replies in order. Used in the signing direction by
-//! `batv sendmail -bs` and in the verifying direction by the proxy.
+//! the decisions a [`Policy`] makes itself (a rewritten path, a refusal) and the session's
+//! own limits. Commands are handled one at a time in order, so a pipelining client simply
+//! finds its next commands waiting in our buffer and gets its replies in order. Used in the
+//! signing direction by `batv sendmail -bs` and in the verifying direction by the proxy.
 
 use std::time::Duration;
 
-use tokio::io::{AsyncBufRead, AsyncWrite};
+use tokio::io::{AsyncBufRead, AsyncWrite, AsyncWriteExt};
 
 use crate::smtp::{self, DataEnd, Line, Reply, SmtpError};
 
@@ -19,6 +19,8 @@ pub enum Decision {
     Relay(Option<String>),
     /// Answer the client ourselves; the downstream never sees the command.
     Refuse(Reply),
+    /// Answer the client (a 421) and end the session.
+    Close(Reply),
 }
 
 /// The decisions a session delegates.
@@ -33,21 +35,27 @@ pub trait Policy {
     fn data(&mut self) -> Option<Reply> {
         None
     }
+    /// Header lines (each ending in CRLF) to put in front of the message being relayed.
+    fn header(&mut self) -> Option<Vec<u8>> {
+        None
+    }
+    /// The downstream's final reply to a message (end of DATA, BDAT LAST).
+    fn finished(&mut self, _reply: &Reply) {}
     /// The transaction ended (final reply relayed, or refused, or RSET).
     fn reset(&mut self);
-    /// Filter the EHLO reply's keywords (the first line is the greeting name).
-    fn ehlo_keyword(&self, keyword: &[u8]) -> bool {
-        !keyword.eq_ignore_ascii_case(b"STARTTLS")
-    }
 }
 
-/// Time limits.
+/// Time and count limits.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     /// Waiting for a client command, or for a downstream reply to one.
     pub command: Duration,
     /// Waiting for the downstream's reply to the end of DATA, and for client data.
     pub data: Duration,
+    /// Recipients the downstream accepted in one transaction; more get 452 4.5.3.
+    pub recipients: usize,
+    /// Error replies (4xx/5xx) in one session before it is closed with 421.
+    pub errors: usize,
 }
 
 impl Default for Limits {
@@ -55,8 +63,21 @@ impl Default for Limits {
         Limits {
             command: Duration::from_secs(300),
             data: Duration::from_secs(600),
+            recipients: 1000,
+            errors: 20,
         }
     }
+}
+
+/// How a session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// QUIT, a closed connection, or a limit.
+    Closed,
+    /// The client asked for STARTTLS and got 220: the caller runs the TLS handshake on
+    /// the client connection, discarding anything the client pipelined after the command
+    /// (RFC 3207 §4.2), then calls [`Session::resume`].
+    StartTls,
 }
 
 enum Verb {
@@ -67,8 +88,11 @@ enum Verb {
     Rset,
     Quit,
     Ehlo,
+    Helo,
     Auth,
     StartTls,
+    /// XCLIENT or XFORWARD: attributes only a trusted hop may set.
+    Xclient,
     Other,
 }
 
@@ -85,13 +109,16 @@ fn verb(line: &[u8]) -> Verb {
         Ok(Request::Rset) => Verb::Rset,
         Ok(Request::Quit) => Verb::Quit,
         Ok(Request::Ehlo { .. }) => Verb::Ehlo,
+        Ok(Request::Helo { .. }) => Verb::Helo,
         Ok(Request::Auth { .. }) => Verb::Auth,
         Ok(Request::StartTls) => Verb::StartTls,
-        // smtp-proto refuses some valid-enough lines (unknown parameters, odd spacing);
-        // the downstream is the judge of those, so classify by the verb alone.
+        // smtp-proto refuses some valid-enough lines (unknown parameters, odd spacing) and
+        // does not know XCLIENT/XFORWARD; the downstream is the judge of the syntax, so
+        // classify by the verb alone.
         _ => {
             let word: Vec<u8> = line
                 .iter()
+                .take(9)
                 .take_while(|b| b.is_ascii_alphabetic())
                 .map(u8::to_ascii_uppercase)
                 .collect();
@@ -99,6 +126,7 @@ fn verb(line: &[u8]) -> Verb {
                 b"MAIL" => Verb::Mail,
                 b"RCPT" => Verb::Rcpt,
                 b"AUTH" => Verb::Auth,
+                b"XCLIENT" | b"XFORWARD" => Verb::Xclient,
                 _ => Verb::Other,
             }
         }
@@ -113,9 +141,22 @@ pub struct Session<'p, CR, CW, DR, DW, P: Policy> {
     pub down_w: DW,
     pub policy: &'p mut P,
     pub limits: Limits,
+    /// Front mode: XCLIENT and XFORWARD belong to the proxy alone, so clients may neither
+    /// see nor send them (a client could otherwise claim a trusted address).
+    pub front: bool,
+    /// Offer STARTTLS; when a client takes it, `run`/`resume` return [`End::StartTls`].
+    pub starttls: bool,
+    /// The downstream's last EHLO reply offered DSN (RFC 3461).
+    dsn: bool,
+    /// Error replies sent to the client.
+    errors: usize,
+    /// Recipients the downstream accepted in this transaction.
+    recipients: usize,
+    /// A BDAT transaction has started (its header, if any, was sent).
+    chunking: bool,
 }
 
-impl<CR, CW, DR, DW, P> Session<'_, CR, CW, DR, DW, P>
+impl<'p, CR, CW, DR, DW, P> Session<'p, CR, CW, DR, DW, P>
 where
     CR: AsyncBufRead + Unpin,
     CW: AsyncWrite + Unpin,
@@ -123,7 +164,40 @@ where
     DW: AsyncWrite + Unpin,
     P: Policy,
 {
+    pub fn new(client_r: CR, client_w: CW, down_r: DR, down_w: DW, policy: &'p mut P, limits: Limits) -> Self {
+        Session {
+            client_r,
+            client_w,
+            down_r,
+            down_w,
+            policy,
+            limits,
+            front: false,
+            starttls: false,
+            dsn: false,
+            errors: 0,
+            recipients: 0,
+            chunking: false,
+        }
+    }
+
+    /// The streams back (for a TLS handshake after [`End::StartTls`]).
+    pub fn into_parts(self) -> (CR, CW, DR, DW) {
+        (self.client_r, self.client_w, self.down_r, self.down_w)
+    }
+
+    /// Send a reply of ours or the downstream's; 4xx and 5xx count towards the error limit.
     async fn reply_client(&mut self, reply: &Reply) -> Result<(), SmtpError> {
+        if reply.code >= 400 {
+            self.errors += 1;
+        }
+        smtp::send(&mut self.client_w, &reply.raw).await?;
+        Ok(())
+    }
+
+    /// A 452 asking for the rest of the recipients in a new transaction: flow control,
+    /// not an error by the client.
+    async fn defer_recipient(&mut self, reply: &Reply) -> Result<(), SmtpError> {
         smtp::send(&mut self.client_w, &reply.raw).await?;
         Ok(())
     }
@@ -138,8 +212,8 @@ where
         self.down_reply(what).await
     }
 
-    /// Relay the greeting, then commands until QUIT or either side leaves.
-    pub async fn run(mut self) -> Result<(), SmtpError> {
+    /// Relay the downstream's greeting, then commands until QUIT or either side leaves.
+    pub async fn run(&mut self) -> Result<End, SmtpError> {
         let greeting = match self.down_reply("waiting for the downstream's greeting").await {
             Ok(g) => g,
             Err(e) => {
@@ -149,7 +223,22 @@ where
                 return Err(e);
             }
         };
-        self.reply_client(&greeting).await?;
+        self.greeted(&greeting).await
+    }
+
+    /// Send `greeting` (already read from the downstream, e.g. its answer to XCLIENT),
+    /// then relay commands.
+    pub async fn greeted(&mut self, greeting: &Reply) -> Result<End, SmtpError> {
+        self.reply_client(greeting).await?;
+        if greeting.code != 220 {
+            // 554 (or 421): the server does not want this client; it closes, so do we.
+            return Ok(End::Closed);
+        }
+        self.resume().await
+    }
+
+    /// Relay commands (after a greeting, or after a TLS handshake).
+    pub async fn resume(&mut self) -> Result<End, SmtpError> {
         let result = self.commands().await;
         if result.as_ref().is_err_and(SmtpError::is_downstream) {
             // The downstream failed us: tell the client to come back later.
@@ -160,9 +249,13 @@ where
         result
     }
 
-    async fn commands(&mut self) -> Result<(), SmtpError> {
+    async fn commands(&mut self) -> Result<End, SmtpError> {
         let mut line = Vec::with_capacity(smtp::MAX_COMMAND_LINE);
         loop {
+            if self.errors >= self.limits.errors {
+                self.reply_client(&Reply::new(421, "4.7.0", "Too many errors, closing")).await?;
+                return Ok(End::Closed);
+            }
             let read = tokio::time::timeout(
                 self.limits.command,
                 smtp::read_line(&mut self.client_r, &mut line, smtp::MAX_AUTH_LINE),
@@ -172,10 +265,10 @@ where
                 Err(_) => {
                     self.reply_client(&Reply::new(421, "4.4.2", "Timeout waiting for a command, closing"))
                         .await?;
-                    return Ok(());
+                    return Ok(End::Closed);
                 }
                 Ok(r) => match r? {
-                    Line::Eof => return Ok(()),
+                    Line::Eof => return Ok(End::Closed),
                     Line::TooLong => {
                         self.reply_client(&Reply::new(500, "5.5.2", "Line too long")).await?;
                         continue;
@@ -189,97 +282,69 @@ where
                 continue;
             }
             match v {
-                Verb::Mail | Verb::Rcpt => self.envelope(&line, matches!(v, Verb::Mail)).await?,
-                Verb::Data => {
-                    if let Some(refusal) = self.policy.data() {
-                        self.refuse_transaction(&refusal).await?;
-                        continue;
-                    }
-                    let reply = self.exchange(&line, "waiting for the reply to DATA").await?;
-                    self.reply_client(&reply).await?;
-                    if reply.code != 354 {
-                        continue;
-                    }
-                    let idle = self.limits.data;
-                    match smtp::relay_data(&mut self.client_r, &mut self.down_w, idle).await? {
-                        DataEnd::Complete { .. } => {}
-                        // The terminator never went downstream: dropping the connection
-                        // makes the downstream discard the partial message.
-                        DataEnd::Incomplete => return Err(SmtpError::ClientClosed("during DATA")),
-                    }
-                    self.finish_message().await?;
-                }
-                Verb::Bdat { size, last } => {
-                    if let Some(refusal) = self.policy.data() {
-                        // Consume the chunk so the session stays in step.
-                        if !smtp::discard_exact(&mut self.client_r, size, self.limits.data).await? {
-                            return Err(SmtpError::ClientClosed("during BDAT"));
-                        }
-                        self.refuse_transaction(&refusal).await?;
-                        continue;
-                    }
-                    smtp::send(&mut self.down_w, &line).await.map_err(SmtpError::Downstream)?;
-                    if !smtp::relay_exact(&mut self.client_r, &mut self.down_w, size, self.limits.data).await? {
-                        return Err(SmtpError::ClientClosed("during BDAT"));
-                    }
-                    if last {
-                        self.finish_message().await?;
-                    } else {
-                        let reply = self.down_reply("waiting for the reply to BDAT").await?;
-                        self.reply_client(&reply).await?;
-                        if !reply.is_positive() {
-                            self.policy.reset();
-                        }
+                Verb::Mail => {
+                    self.recipients = 0;
+                    self.chunking = false;
+                    if self.envelope(&line, true).await? {
+                        return Ok(End::Closed);
                     }
                 }
+                Verb::Rcpt => {
+                    if self.recipients >= self.limits.recipients {
+                        self.defer_recipient(&Reply::new(452, "4.5.3", "Too many recipients, send the rest separately"))
+                            .await?;
+                        continue;
+                    }
+                    if self.envelope(&line, false).await? {
+                        return Ok(End::Closed);
+                    }
+                }
+                Verb::Data => self.data(&line).await?,
+                Verb::Bdat { size, last } => self.bdat(&line, size, last).await?,
                 Verb::Rset => {
                     let reply = self.exchange(&line, "waiting for the reply to RSET").await?;
-                    self.policy.reset();
+                    self.end_transaction();
                     self.reply_client(&reply).await?;
                 }
                 Verb::Quit => {
                     let reply = self.exchange(&line, "waiting for the reply to QUIT").await?;
                     self.reply_client(&reply).await?;
-                    return Ok(());
+                    return Ok(End::Closed);
                 }
                 Verb::Ehlo => {
                     let reply = self.exchange(&line, "waiting for the reply to EHLO").await?;
-                    let reply = if reply.code == 250 {
-                        let mut kept = reply
-                            .lines()
-                            .enumerate()
-                            .filter(|(i, l)| *i == 0 || self.policy.ehlo_keyword(keyword(l)))
-                            .map(|(_, l)| l);
-                        Reply::from_lines(250, &mut kept)
-                    } else {
-                        reply
-                    };
-                    self.policy.reset();
+                    let reply = if reply.code == 250 { self.ehlo_reply(&reply) } else { reply };
+                    self.end_transaction();
                     self.reply_client(&reply).await?;
+                }
+                Verb::Helo => {
+                    let reply = self.exchange(&line, "waiting for the reply to HELO").await?;
+                    self.dsn = false;
+                    self.end_transaction();
+                    self.reply_client(&reply).await?;
+                }
+                Verb::StartTls if self.starttls => {
+                    // The TLS session starts from scratch (RFC 3207 §4.2): so does the
+                    // downstream's transaction state.
+                    let reply = self.exchange(b"RSET\r\n", "waiting for the reply to RSET").await?;
+                    if !reply.is_positive() {
+                        self.reply_client(&Reply::new(454, "4.7.0", "TLS not available now")).await?;
+                        continue;
+                    }
+                    self.end_transaction();
+                    self.dsn = false;
+                    smtp::send(&mut self.client_w, &Reply::new(220, "2.0.0", "Ready to start TLS").raw).await?;
+                    return Ok(End::StartTls);
                 }
                 Verb::StartTls => {
-                    // Not offered (see ehlo_keyword): TLS would hide the envelope from us.
+                    // Not offered: TLS the proxy does not end would hide the envelope from it.
                     self.reply_client(&Reply::new(502, "5.5.1", "STARTTLS not available here")).await?;
                 }
-                Verb::Auth => {
-                    let mut reply = self.exchange(&line, "waiting for the reply to AUTH").await?;
-                    // SASL continuation: relay client lines while the server says 334.
-                    while reply.code == 334 {
-                        self.reply_client(&reply).await?;
-                        let r = tokio::time::timeout(
-                            self.limits.command,
-                            smtp::read_line(&mut self.client_r, &mut line, smtp::MAX_AUTH_LINE),
-                        )
-                        .await;
-                        match r.map_err(|_| SmtpError::ClientClosed("(timed out) during AUTH"))?? {
-                            Line::Complete => {}
-                            _ => return Err(SmtpError::ClientClosed("during AUTH")),
-                        }
-                        reply = self.exchange(&line, "waiting for the reply to AUTH").await?;
-                    }
-                    self.reply_client(&reply).await?;
+                Verb::Xclient if self.front => {
+                    self.reply_client(&Reply::new(502, "5.5.1", "Command not implemented")).await?;
                 }
-                Verb::Other => {
+                Verb::Auth => self.auth(&mut line).await?,
+                Verb::Xclient | Verb::Other => {
                     let reply = self.exchange(&line, "waiting for a reply").await?;
                     self.reply_client(&reply).await?;
                 }
@@ -287,8 +352,114 @@ where
         }
     }
 
-    /// MAIL or RCPT: ask the policy, relay (maybe rewritten) or refuse.
-    async fn envelope(&mut self, line: &[u8], mail: bool) -> Result<(), SmtpError> {
+    fn end_transaction(&mut self) {
+        self.recipients = 0;
+        self.chunking = false;
+        self.policy.reset();
+    }
+
+    /// The EHLO reply as the client may see it: STARTTLS is ours to offer or not, and in
+    /// front mode so are XCLIENT and XFORWARD. Notes whether the downstream offers DSN.
+    fn ehlo_reply(&mut self, reply: &Reply) -> Reply {
+        self.dsn = reply.lines().skip(1).any(|l| keyword(l).eq_ignore_ascii_case(b"DSN"));
+        let front = self.front;
+        let mut kept: Vec<&[u8]> = reply
+            .lines()
+            .enumerate()
+            .filter(|(i, l)| {
+                let k = keyword(l);
+                *i == 0
+                    || !(k.eq_ignore_ascii_case(b"STARTTLS")
+                        || front && (k.eq_ignore_ascii_case(b"XCLIENT") || k.eq_ignore_ascii_case(b"XFORWARD")))
+            })
+            .map(|(_, l)| l)
+            .collect();
+        if self.starttls {
+            kept.push(b"STARTTLS");
+        }
+        Reply::from_lines(250, kept)
+    }
+
+    /// DATA: refused by the policy, or relayed with the downstream's final reply.
+    async fn data(&mut self, line: &[u8]) -> Result<(), SmtpError> {
+        if let Some(refusal) = self.policy.data() {
+            return self.refuse_transaction(&refusal).await;
+        }
+        let reply = self.exchange(line, "waiting for the reply to DATA").await?;
+        self.reply_client(&reply).await?;
+        if reply.code != 354 {
+            return Ok(());
+        }
+        if let Some(h) = self.policy.header() {
+            self.down_w.write_all(&h).await.map_err(SmtpError::Downstream)?;
+        }
+        let idle = self.limits.data;
+        match smtp::relay_data(&mut self.client_r, &mut self.down_w, idle).await? {
+            DataEnd::Complete { .. } => {}
+            // The terminator never went downstream: dropping the connection makes the
+            // downstream discard the partial message.
+            DataEnd::Incomplete => return Err(SmtpError::ClientClosed("during DATA")),
+        }
+        self.finish_message().await
+    }
+
+    /// One BDAT chunk (RFC 3030): relayed as counted octets; the policy's header goes
+    /// first as a chunk of its own.
+    async fn bdat(&mut self, line: &[u8], size: u64, last: bool) -> Result<(), SmtpError> {
+        if let Some(refusal) = self.policy.data() {
+            // Consume the chunk so the session stays in step.
+            if !smtp::discard_exact(&mut self.client_r, size, self.limits.data).await? {
+                return Err(SmtpError::ClientClosed("during BDAT"));
+            }
+            return self.refuse_transaction(&refusal).await;
+        }
+        if !self.chunking {
+            self.chunking = true;
+            if let Some(h) = self.policy.header() {
+                let mut chunk = format!("BDAT {}\r\n", h.len()).into_bytes();
+                chunk.extend_from_slice(&h);
+                let reply = self.exchange(&chunk, "waiting for the reply to BDAT").await?;
+                if !reply.is_positive() {
+                    if !smtp::discard_exact(&mut self.client_r, size, self.limits.data).await? {
+                        return Err(SmtpError::ClientClosed("during BDAT"));
+                    }
+                    self.end_transaction();
+                    return self.reply_client(&reply).await;
+                }
+            }
+        }
+        smtp::send(&mut self.down_w, line).await.map_err(SmtpError::Downstream)?;
+        if !smtp::relay_exact(&mut self.client_r, &mut self.down_w, size, self.limits.data).await? {
+            return Err(SmtpError::ClientClosed("during BDAT"));
+        }
+        if last {
+            return self.finish_message().await;
+        }
+        let reply = self.down_reply("waiting for the reply to BDAT").await?;
+        if !reply.is_positive() {
+            self.end_transaction();
+        }
+        self.reply_client(&reply).await
+    }
+
+    /// AUTH with its SASL continuation: client lines are relayed while the server says 334.
+    async fn auth(&mut self, line: &mut Vec<u8>) -> Result<(), SmtpError> {
+        let mut reply = self.exchange(line, "waiting for the reply to AUTH").await?;
+        while reply.code == 334 {
+            self.reply_client(&reply).await?;
+            let r = tokio::time::timeout(self.limits.command, smtp::read_line(&mut self.client_r, line, smtp::MAX_AUTH_LINE)).await;
+            match r.map_err(|_| SmtpError::ClientClosed("(timed out) during AUTH"))?? {
+                Line::Complete => {}
+                _ => return Err(SmtpError::ClientClosed("during AUTH")),
+            }
+            reply = self.exchange(line, "waiting for the reply to AUTH").await?;
+        }
+        self.reply_client(&reply).await
+    }
+
+    /// MAIL or RCPT: ask the policy, relay (maybe rewritten) or refuse. True if the policy
+    /// closed the session.
+    async fn envelope(&mut self, line: &[u8], mail: bool) -> Result<bool, SmtpError> {
         let span = smtp::path_span(line);
         let path = span.clone().and_then(|s| smtp::path_address(&line[s]));
         let decision = match path {
@@ -299,9 +470,21 @@ where
         };
         let rewritten;
         let out: &[u8] = match (&decision, span) {
-            (Decision::Refuse(reply), _) => return self.reply_client(reply).await,
+            (Decision::Refuse(reply), _) if reply.code == 452 => {
+                self.defer_recipient(reply).await?;
+                return Ok(false);
+            }
+            (Decision::Refuse(reply), _) => {
+                self.reply_client(reply).await?;
+                return Ok(false);
+            }
+            (Decision::Close(reply), _) => {
+                self.reply_client(reply).await?;
+                return Ok(true);
+            }
             (Decision::Relay(Some(new)), Some(span)) => {
-                rewritten = smtp::with_path(line, span, new);
+                let orcpt = (!mail && self.dsn).then(|| path.unwrap_or_default());
+                rewritten = rewrite(line, span, new, orcpt);
                 &rewritten
             }
             _ => line,
@@ -316,22 +499,27 @@ where
             self.policy.reset();
         }
         if !mail {
+            if reply.is_positive() {
+                self.recipients += 1;
+            }
             self.policy.rcpt_reply(&reply);
         }
-        self.reply_client(&reply).await
+        self.reply_client(&reply).await?;
+        Ok(false)
     }
 
     /// After the last octet of a message: the downstream's final reply is the client's.
     async fn finish_message(&mut self) -> Result<(), SmtpError> {
         let reply = smtp::read_reply_within(&mut self.down_r, self.limits.data, "waiting for the reply to the end of data").await?;
-        self.policy.reset();
+        self.policy.finished(&reply);
+        self.end_transaction();
         self.reply_client(&reply).await
     }
 
     /// Refuse a transaction at DATA/BDAT; the downstream gets RSET so its state matches.
     async fn refuse_transaction(&mut self, refusal: &Reply) -> Result<(), SmtpError> {
         self.exchange(b"RSET\r\n", "waiting for the reply to RSET").await?;
-        self.policy.reset();
+        self.end_transaction();
         self.reply_client(refusal).await
     }
 }
@@ -340,4 +528,51 @@ where
 fn keyword(line: &[u8]) -> &[u8] {
     let end = line.iter().position(|&b| b == b' ' || b == b'=').unwrap_or(line.len());
     &line[..end]
+}
+
+/// An RCPT line with its path replaced. With `orcpt` (the downstream offers DSN) and no
+/// ORCPT of the client's, the address as the client sent it becomes the ORCPT, so a DSN
+/// names the address the sender knows (RFC 3461 §4.2).
+fn rewrite(line: &[u8], span: std::ops::Range<usize>, path: &str, orcpt: Option<&str>) -> Vec<u8> {
+    let mut out = smtp::with_path(line, span.clone(), path);
+    let params = &line[span.end..];
+    let has_orcpt = params.windows(7).any(|w| w.eq_ignore_ascii_case(b" ORCPT="));
+    // An ORCPT for a UTF-8 address needs the utf-8 address type (RFC 6533): leave it out.
+    if let Some(o) = orcpt.filter(|o| !has_orcpt && !o.is_empty() && o.is_ascii()) {
+        let end = out.len() - out.iter().rev().take_while(|&&b| b == b'\r' || b == b'\n').count();
+        let mut param = b" ORCPT=rfc822;".to_vec();
+        xtext(o.as_bytes(), &mut param);
+        out.splice(end..end, param);
+    }
+    out
+}
+
+/// RFC 3461 §4 xtext: `+`, `=`, controls and non-ASCII as `+XX`.
+fn xtext(s: &[u8], out: &mut Vec<u8>) {
+    for &b in s {
+        if (b'!'..=b'~').contains(&b) && b != b'+' && b != b'=' {
+            out.push(b);
+        } else {
+            out.extend_from_slice(format!("+{b:02X}").as_bytes());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn orcpt_is_added_once() {
+        let l = b"RCPT TO:<prvs=1234abcdef=bob@example.com> NOTIFY=FAILURE\r\n";
+        let span = smtp::path_span(l).unwrap();
+        assert_eq!(
+            rewrite(l, span.clone(), "bob@example.com", Some("prvs=1234abcdef=bob@example.com")),
+            b"RCPT TO:<bob@example.com> NOTIFY=FAILURE ORCPT=rfc822;prvs+3D1234abcdef+3Dbob@example.com\r\n"
+        );
+        assert_eq!(rewrite(l, span, "bob@example.com", None), b"RCPT TO:<bob@example.com> NOTIFY=FAILURE\r\n");
+        let l = b"RCPT TO:<t@x.org> orcpt=rfc822;t@x.org\r\n";
+        let span = smtp::path_span(l).unwrap();
+        assert_eq!(rewrite(l, span, "u@x.org", Some("t@x.org")), b"RCPT TO:<u@x.org> orcpt=rfc822;t@x.org\r\n");
+    }
 }
