@@ -58,7 +58,9 @@ where
 {
     match protocol {
         FrontProtocol::ProxyV2 => {
-            smtp::send(down_w, &proxy_v2_header(client, local)).await.map_err(SmtpError::Downstream)?;
+            smtp::send(down_w, &proxy_v2_header(client, local))
+                .await
+                .map_err(SmtpError::Downstream)?;
             let greeting = smtp::read_reply_within(down_r, limit, "waiting for the downstream's greeting").await?;
             if greeting.code != 220 {
                 // The MTA refuses this client (or is unwell): the client hears it.
@@ -78,7 +80,9 @@ where
             if greeting.code != 220 {
                 return Err(HandoffError::Greeting(text(&greeting)));
             }
-            smtp::send(down_w, format!("EHLO {helo}\r\n").as_bytes()).await.map_err(SmtpError::Downstream)?;
+            smtp::send(down_w, format!("EHLO {helo}\r\n").as_bytes())
+                .await
+                .map_err(SmtpError::Downstream)?;
             let ehlo = smtp::read_reply_within(down_r, limit, "waiting for the reply to EHLO").await?;
             let offered: Vec<Vec<u8>> = ehlo
                 .lines()

@@ -152,7 +152,11 @@ impl Counters {
                 ("{action=\"monitored\"}", n(&self.monitored_transactions)),
             ],
         );
-        metric("batv_stripped_total", "Recipients relayed with their tag stripped.", &[("", n(&self.stripped))]);
+        metric(
+            "batv_stripped_total",
+            "Recipients relayed with their tag stripped.",
+            &[("", n(&self.stripped))],
+        );
         let keys: Vec<(String, u64)> = self
             .per_key
             .iter()
@@ -162,7 +166,11 @@ impl Counters {
             .collect();
         let rows: Vec<(&str, u64)> = keys.iter().map(|(l, v)| (l.as_str(), *v)).collect();
         metric("batv_tags_total", "Authentic tags seen, by key id.", &rows);
-        metric("batv_connections_total", "Client connections accepted.", &[("", n(&self.connections))]);
+        metric(
+            "batv_connections_total",
+            "Client connections accepted.",
+            &[("", n(&self.connections))],
+        );
         metric(
             "batv_handoff_failures_total",
             "Front mode: connections refused because the MTA did not take XCLIENT or PROXY v2.",
@@ -529,7 +537,16 @@ async fn front_session(
 ) -> Result<(), SmtpError> {
     let limits = settings.limits;
     let local = client.local_addr()?;
-    let handoff = front::handoff(settings.front_protocol, &mut dr, &mut dw, peer, local, &settings.hostname, limits.command).await;
+    let handoff = front::handoff(
+        settings.front_protocol,
+        &mut dr,
+        &mut dw,
+        peer,
+        local,
+        &settings.hostname,
+        limits.command,
+    )
+    .await;
     let greeting = match handoff {
         Ok(g) => g,
         Err(e) => {
@@ -628,7 +645,10 @@ impl Source {
             Ok((config, settings)) => {
                 for (what, changed) in [
                     ("proxy.listen", config.proxy.listen != running.proxy.listen),
-                    ("proxy.max_connections", config.proxy.max_connections != running.proxy.max_connections),
+                    (
+                        "proxy.max_connections",
+                        config.proxy.max_connections != running.proxy.max_connections,
+                    ),
                     ("proxy.metrics_listen", config.proxy.metrics_listen != running.proxy.metrics_listen),
                     ("keys_dir", config.keys_dir != running.keys_dir),
                 ] {

@@ -84,7 +84,10 @@ enum Verb {
     Mail,
     Rcpt,
     Data,
-    Bdat { size: u64, last: bool },
+    Bdat {
+        size: u64,
+        last: bool,
+    },
     Rset,
     Quit,
     Ehlo,
@@ -570,9 +573,15 @@ mod tests {
             rewrite(l, span.clone(), "bob@example.com", Some("prvs=1234abcdef=bob@example.com")),
             b"RCPT TO:<bob@example.com> NOTIFY=FAILURE ORCPT=rfc822;prvs+3D1234abcdef+3Dbob@example.com\r\n"
         );
-        assert_eq!(rewrite(l, span, "bob@example.com", None), b"RCPT TO:<bob@example.com> NOTIFY=FAILURE\r\n");
+        assert_eq!(
+            rewrite(l, span, "bob@example.com", None),
+            b"RCPT TO:<bob@example.com> NOTIFY=FAILURE\r\n"
+        );
         let l = b"RCPT TO:<t@x.org> orcpt=rfc822;t@x.org\r\n";
         let span = smtp::path_span(l).unwrap();
-        assert_eq!(rewrite(l, span, "u@x.org", Some("t@x.org")), b"RCPT TO:<u@x.org> orcpt=rfc822;t@x.org\r\n");
+        assert_eq!(
+            rewrite(l, span, "u@x.org", Some("t@x.org")),
+            b"RCPT TO:<u@x.org> orcpt=rfc822;t@x.org\r\n"
+        );
     }
 }

@@ -3,158 +3,13 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-use common::{python_with_aiosmtpd, require, Sink};
-
-const BIN: &str = env!("CARGO_BIN_EXE_batv");
-const TODAY: &str = "2026-11-23";
-
-struct Proxy {
-    child: Child,
-    addr: String,
-    _t: tempfile::TempDir,
-    keys: std::path::PathBuf,
-    log: std::sync::Arc<std::sync::Mutex<String>>,
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Proxy {
-    /// Start a proxy towards `forward` with extra `[proxy]` settings.
-    fn start(forward: &str, proxy_extra: &str) -> Proxy {
-        let t = tempfile::tempdir().unwrap();
-        let keys = t.path().join("keys");
-        assert!(Command::new(BIN)
-            .arg("--keys")
-            .arg(&keys)
-            .args(["--now", TODAY, "keys", "init"])
-            .output()
-            .unwrap()
-            .status
-            .success());
-        let cfg = t.path().join("batv.toml");
-        std::fs::write(
-            &cfg,
-            format!("sign_domains = [\"example.com\"]\n[proxy]\ncommand_timeout_ms = 3000\ndata_timeout_ms = 3000\n{proxy_extra}"),
-        )
-        .unwrap();
-        let mut child = Command::new(BIN)
-            .arg("--config")
-            .arg(&cfg)
-            .arg("--keys")
-            .arg(&keys)
-            .args(["--now", TODAY, "proxy", "--listen", "127.0.0.1:0", "--forward", forward])
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut err = BufReader::new(child.stderr.take().unwrap());
-        let mut line = String::new();
-        err.read_line(&mut line).unwrap();
-        let addr = line
-            .split("listening on ")
-            .nth(1)
-            .and_then(|r| r.split_whitespace().next())
-            .unwrap_or_else(|| panic!("proxy did not start: {line}"))
-            .to_string();
-        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-        let l = log.clone();
-        std::thread::spawn(move || {
-            for line in err.lines().map_while(Result::ok) {
-                l.lock().unwrap().push_str(&(line + "\n"));
-            }
-        });
-        Proxy {
-            child,
-            addr,
-            _t: t,
-            keys,
-            log,
-        }
-    }
-
-    fn sign(&self, now: &str, addr: &str) -> String {
-        let o = Command::new(BIN)
-            .arg("--keys")
-            .arg(&self.keys)
-            .args(["--now", now, "sign", addr])
-            .output()
-            .unwrap();
-        String::from_utf8(o.stdout).unwrap().trim().to_string()
-    }
-
-    /// Send `script` pipelined as RFC 2920 allows: every command up to DATA in one write,
-    /// then the message only after a 354 (else QUIT); read until the server closes.
-    fn session(&self, script: &[u8]) -> String {
-        let mut s = TcpStream::connect(&self.addr).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        let text = String::from_utf8_lossy(script).into_owned();
-        let Some(at) = text.find("DATA\r\n") else {
-            s.write_all(script).unwrap();
-            let mut out = String::new();
-            let _ = s.read_to_string(&mut out);
-            return out;
-        };
-        let (head, body) = text.split_at(at + 6);
-        s.write_all(head.as_bytes()).unwrap();
-        // Replies expected before the message: the greeting and one per command.
-        let want = 1 + head.matches("\r\n").count();
-        let mut r = BufReader::new(s.try_clone().unwrap());
-        let mut out = String::new();
-        let mut finals = 0;
-        while finals < want {
-            let mut line = String::new();
-            if r.read_line(&mut line).unwrap() == 0 {
-                return out;
-            }
-            if line.as_bytes().get(3) == Some(&b' ') {
-                finals += 1;
-            }
-            out.push_str(&line);
-        }
-        let last = out.lines().last().unwrap_or("").to_string();
-        if last.starts_with("354") {
-            s.write_all(body.as_bytes()).unwrap();
-        } else {
-            s.write_all(b"QUIT\r\n").unwrap();
-        }
-        let _ = r.read_to_string(&mut out);
-        out
-    }
-}
-
-fn setup() -> Option<(Sink, tempfile::TempDir)> {
-    if !require("python3-aiosmtpd", python_with_aiosmtpd()) {
-        return None;
-    }
-    let t = tempfile::tempdir().unwrap();
-    Some((Sink::start(t.path()), t))
-}
-
-fn codes(out: &str) -> Vec<u16> {
-    out.lines()
-        .filter(|l| l.as_bytes().get(3) == Some(&b' '))
-        .filter_map(|l| l[..3].parse().ok())
-        .collect()
-}
-
-fn bounce(rcpts: &[&str]) -> Vec<u8> {
-    let mut s = b"EHLO mx.remote.example\r\nMAIL FROM:<>\r\n".to_vec();
-    for r in rcpts {
-        s.extend_from_slice(format!("RCPT TO:<{r}>\r\n").as_bytes());
-    }
-    s.extend_from_slice(b"DATA\r\nSubject: Undeliverable\r\n\r\nYour message could not be delivered.\r\n.\r\nQUIT\r\n");
-    s
-}
+use common::proxy::*;
+use std::path::Path;
 
 #[test]
 fn valid_tags_pass_stripped_and_backscatter_is_refused_at_data() {
@@ -354,72 +209,6 @@ fn daemon_never_invents_a_key() {
     assert_eq!(o.status.code(), Some(78));
 }
 
-/// Debian's postfix package, unpacked (it conflicts with exim4): .ci/run puts it in
-/// target/postfix/root; BATV_POSTFIX_ROOT overrides.
-fn postfix_root() -> Option<std::path::PathBuf> {
-    let root = std::env::var_os("BATV_POSTFIX_ROOT")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/postfix/root"));
-    require("Postfix smtp-sink (target/postfix/root)", root.join("usr/sbin/smtp-sink").exists()).then_some(root)
-}
-
-/// Postfix's smtp-sink on a free loopback port, dumping each transaction into `dump`.
-struct SmtpSink {
-    child: Child,
-    port: u16,
-    dump: tempfile::TempDir,
-}
-
-impl Drop for SmtpSink {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl SmtpSink {
-    fn start(root: &Path, options: &[&str]) -> SmtpSink {
-        let dump = tempfile::tempdir().unwrap();
-        std::fs::set_permissions(dump.path(), std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let mut cmd = Command::new(root.join("usr/sbin/smtp-sink"));
-        cmd.env("LD_LIBRARY_PATH", root.join("usr/lib/postfix"));
-        if unsafe { libc::geteuid() } == 0 {
-            cmd.args(["-u", "nobody"]);
-        }
-        cmd.arg("-d")
-            .arg(format!("{}/%H%M%S.", dump.path().display()))
-            .args(options)
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("100");
-        let child = cmd.stderr(Stdio::null()).spawn().unwrap();
-        for _ in 0..100 {
-            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        SmtpSink { child, port, dump }
-    }
-
-    /// The dumped transactions' envelope lines (X-Mail-Args, X-Rcpt-Args).
-    fn envelopes(&self) -> Vec<String> {
-        std::thread::sleep(Duration::from_millis(200));
-        let mut v: Vec<String> = std::fs::read_dir(self.dump.path())
-            .unwrap()
-            .map(|e| {
-                let text = std::fs::read_to_string(e.unwrap().path()).unwrap();
-                text.lines()
-                    .filter(|l| l.starts_with("X-Mail-Args") || l.starts_with("X-Rcpt-Args"))
-                    .collect::<Vec<_>>()
-                    .join("|")
-            })
-            .collect();
-        v.sort();
-        v
-    }
-}
-
 #[test]
 fn through_postfix_smtp_sink() {
     let Some(root) = postfix_root() else { return };
@@ -437,7 +226,9 @@ fn through_postfix_smtp_sink() {
     let orcpt = tagged.replace('=', "+3D");
     assert_eq!(
         sink.envelopes(),
-        [format!("X-Mail-Args: <>|X-Rcpt-Args: <bob@example.com> NOTIFY=NEVER ORCPT=rfc822;{orcpt}")]
+        [format!(
+            "X-Mail-Args: <>|X-Rcpt-Args: <bob@example.com> NOTIFY=NEVER ORCPT=rfc822;{orcpt}"
+        )]
     );
 }
 

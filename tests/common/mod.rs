@@ -73,3 +73,4 @@ impl Drop for Sink {
         let _ = self.child.wait();
     }
 }
+pub mod proxy;
