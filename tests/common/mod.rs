@@ -74,3 +74,4 @@ impl Drop for Sink {
     }
 }
 pub mod proxy;
+pub mod postfix;
