@@ -47,27 +47,55 @@ pub enum Command {
     #[command(long_about = SENDMAIL_ABOUT, after_long_help = SENDMAIL_INSTALL, disable_help_flag = true)]
     Sendmail(SendmailArgs),
     /// The SMTP proxy: refuse backscatter during the SMTP session, strip valid tags
-    #[command(long_about = PROXY_ABOUT)]
+    #[command(long_about = PROXY_ABOUT, after_long_help = PROXY_DEPLOY)]
     Proxy(ProxyArgs),
 }
 
 const PROXY_ABOUT: &str = "\
-An ESMTP proxy in front of (or beside) the MTA. Every command is relayed to proxy.forward
-and every reply comes from there, except the proxy's own decisions. In a bounce (MAIL
-FROM:<>) the first recipient the downstream accepts sets the transaction's verdict:
-bounce-ok (a valid tag, or exempt: <Postmaster>, postmaster@ and abuse@, SRS, local parts
-too long to sign, addresses outside protected_domains, trusted_relays) or backscatter. A
-later recipient with the other verdict gets 452 4.5.3 (the client sends it again in a new
-transaction); a backscatter transaction is refused at DATA with 550 5.7.1 (at BDAT after
-the chunk), and the downstream gets RSET. reject_at = \"rcpt\" refuses backscatter
-recipients at once. Authentic tags (valid or expired) are stripped for every sender.
+An ESMTP proxy that refuses backscatter in the SMTP session. Every command is relayed to
+proxy.forward and every reply comes from there, except the proxy's own decisions. In a
+bounce (MAIL FROM:<>) the first recipient the downstream accepts sets the transaction's
+verdict: bounce-ok (a valid tag, or exempt: <Postmaster>, postmaster@ and abuse@, SRS,
+local parts too long to sign, addresses outside protected_domains, trusted_relays) or
+backscatter. A later recipient with the other verdict gets 452 4.5.3 (the client sends it
+again in a new transaction); a backscatter transaction is refused at DATA with 550 5.7.1
+(at BDAT after the chunk), and the downstream gets RSET. reject_at = \"rcpt\" refuses
+backscatter recipients at once. Authentic tags (valid or expired) are stripped for every
+sender; when the downstream offers DSN the tagged address becomes the ORCPT.
 
-proxy.enforce = false, or a future enforce_after date, only logs (monitor mode). Sign for
-at least one tag lifetime before enforcing. One key=value line per recipient decision goes
-to stderr; SIGUSR1 prints counters per verdict and per key id. SIGHUP reloads the keys (also
-picked up within seconds when the keys directory changes; a bad new set keeps the old one);
-SIGTERM stops accepting and lets sessions finish. The proxy never creates a key: without
-one it exits 78. Only proxy.mode = \"before-queue\" is available in this version.";
+The final reply to a message is always the downstream's: if the downstream is unreachable,
+too slow or hangs up, the client gets 421 4.4.2 and keeps the message. Limits:
+max_connections, max_recipients (452 4.5.3), max_errors and max_failed_tags (421 4.7.0),
+512-octet commands (AUTH 12 288), command_timeout_ms, data_timeout_ms.
+
+proxy.enforce = false, or a future enforce_after date, refuses nothing (monitor mode): it
+logs and adds an X-BATV: header to each bounce. Sign for at least one tag lifetime before
+enforcing. One key=value line per decision goes to stderr. SIGUSR1 prints counters per
+verdict and per key id (also served as Prometheus text on metrics_listen). SIGHUP reloads
+configuration, certificate and keys without touching running sessions (the keys also when
+their directory changes; a bad new file keeps the old one); SIGTERM stops accepting and
+lets sessions finish. The proxy never creates a key: without one it exits 78.";
+
+const PROXY_DEPLOY: &str = "\
+Deployment:
+  before-queue (recommended): Postfix does TLS, postscreen and policy and hands sessions
+  to the proxy, which relays to a second smtpd. In master.cf:
+    smtp inet n - y - 20 smtpd -o smtpd_proxy_filter=127.0.0.1:10025
+    127.0.0.1:10026 inet n - n - - smtpd -o smtpd_authorized_xforward_hosts=127.0.0.0/8
+  with proxy.listen = 127.0.0.1:10025 and proxy.forward = 127.0.0.1:10026. Do not set
+  smtpd_proxy_options = speed_adjust: it needs all recipients accepted or none, but the
+  proxy answers a differing recipient with 452.
+
+  front: the proxy on port 25, the MTA on a loopback port. Each connection first hands the
+  client's address to the MTA, by XCLIENT (front_protocol = \"xclient\"; Postfix:
+  smtpd_authorized_xclient_hosts = 127.0.0.1) or a PROXY v2 header (\"proxy-v2\"; Postfix:
+  smtpd_upstream_proxy_protocol = haproxy), and checks the MTA took it; if not, the client
+  gets 421 4.3.0, because every client would otherwise look local (an open relay). The
+  proxy ends STARTTLS itself with proxy.tls_cert and proxy.tls_key.
+
+Rollout: run with enforce = false for at least one tag lifetime after signing began,
+check the verdicts in the log and the X-BATV: headers, then set enforce = true and send
+SIGHUP.";
 
 #[derive(Debug, Args)]
 pub struct ProxyArgs {
