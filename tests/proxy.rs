@@ -266,3 +266,54 @@ fn ten_thousand_pipelined_recipients() {
     assert_eq!(c.iter().filter(|&&c| c == 452).count(), 9000);
     assert_eq!(c.last(), Some(&221));
 }
+
+#[test]
+fn sigterm_drains_running_sessions() {
+    let Some((sink, _t)) = setup() else { return };
+    let mut p = Proxy::start(&format!("127.0.0.1:{}", sink.port), "");
+    let mut s = TcpStream::connect(&p.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut r = std::io::BufReader::new(s.try_clone().unwrap());
+    let mut line = String::new();
+    let mut expect = |r: &mut std::io::BufReader<TcpStream>, code: &str| loop {
+        line.clear();
+        std::io::BufRead::read_line(r, &mut line).unwrap();
+        assert!(line.starts_with(code), "want {code}, got {line:?}");
+        if line.as_bytes().get(3) == Some(&b' ') {
+            break;
+        }
+    };
+    expect(&mut r, "220");
+    s.write_all(b"EHLO x\r\nMAIL FROM:<a@remote.example>\r\nRCPT TO:<bob@example.com>\r\n").unwrap();
+    for c in ["250", "250", "250"] {
+        expect(&mut r, c);
+    }
+    unsafe { libc::kill(p.child.id() as i32, libc::SIGTERM) };
+    // New connections are no longer accepted...
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while TcpStream::connect(&p.addr).is_ok() {
+        assert!(std::time::Instant::now() < deadline, "still accepting after SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // ...but the running session finishes its message.
+    s.write_all(b"DATA\r\n").unwrap();
+    expect(&mut r, "354");
+    s.write_all(b"Subject: drained\r\n\r\nbody\r\n.\r\nQUIT\r\n").unwrap();
+    expect(&mut r, "250");
+    expect(&mut r, "221");
+    let m = sink.messages(1);
+    assert_eq!(m.len(), 1, "{m:?}");
+    // Then the proxy exits cleanly by itself.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let status = loop {
+        if let Some(st) = p.child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(std::time::Instant::now() < deadline, "proxy did not exit after draining");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status:?}");
+    std::thread::sleep(Duration::from_millis(200));
+    let log = p.log.lock().unwrap().clone();
+    assert!(log.contains("batv-proxy: draining "), "{log}");
+}
