@@ -110,9 +110,8 @@ scache    unix  - - n - 1 scache
 postlog   unix-dgram n - n - 1 postlogd
 ";
         std::fs::write(etc.join("master.cf"), services.join("\n") + internal).unwrap();
-        for f in ["postfix-files"] {
-            let _ = std::fs::copy(root.join("etc/postfix").join(f), etc.join(f));
-        }
+        // postfix-script's integrity check reads it from meta_directory.
+        let _ = std::fs::copy(root.join("etc/postfix/postfix-files"), etc.join("postfix-files"));
         let script = Command::new(root.join("usr/sbin/postfix"))
             .env("LD_LIBRARY_PATH", &lib)
             .arg("-c")
