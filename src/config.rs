@@ -23,22 +23,40 @@ impl ConfigError {
     }
 }
 
-/// "line N: message" for a TOML error (its span points at the offending key or value).
+/// "line N: key: message" for a TOML error. Its span points at the offending key or
+/// value; for a value, the key is the one assigned on that line, with its [table].
 pub fn describe_toml_error(text: &str, e: &toml::de::Error) -> String {
     let msg = e.message().trim_end();
-    match e.span() {
-        Some(span) => {
-            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
-            let key = text
-                .get(span.clone())
+    let Some(span) = e.span() else {
+        return format!(" {msg}");
+    };
+    let start = span.start.min(text.len());
+    let line = text[..start].matches('\n').count() + 1;
+    let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
+    let before = &text[line_start..start];
+    let key = match before.find('=') {
+        Some(eq) => {
+            let table = text[..line_start]
+                .lines()
+                .rev()
                 .map(str::trim)
-                .filter(|k| !k.is_empty() && k.len() <= 60 && !k.contains('\n'));
-            match key {
-                Some(k) => format!("{line}: {k}: {msg}"),
-                None => format!("{line}: {msg}"),
-            }
+                .find(|l| l.starts_with('[') && !l.starts_with("[["))
+                .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim());
+            let k = before[..eq].trim();
+            Some(match table {
+                Some(t) if !t.is_empty() => format!("{t}.{k}"),
+                _ => k.to_string(),
+            })
         }
-        None => format!(" {msg}"),
+        None => text
+            .get(span.clone())
+            .map(str::trim)
+            .filter(|k| !k.is_empty() && k.len() <= 60 && !k.contains('\n'))
+            .map(str::to_string),
+    };
+    match key {
+        Some(k) => format!("{line}: {k}: {msg}"),
+        None => format!("{line}: {msg}"),
     }
 }
 
@@ -140,8 +158,8 @@ pub struct ProxyConfig {
     /// Error replies per session before it is closed (Postfix smtpd_hard_error_limit).
     #[serde(default = "default_max_errors")]
     pub max_errors: NonZeroU32,
-    /// Invalid tags (forged, expired, unknown key, malformed) in bounces per session
-    /// before it is closed.
+    /// Invalid tags (bad signature, unknown key, malformed; not expired) in bounces from
+    /// one client within an hour before its sessions are closed.
     #[serde(default = "default_max_failed_tags")]
     pub max_failed_tags: NonZeroU32,
     /// Serve counters as Prometheus text here (loopback only).

@@ -6,10 +6,11 @@
 //! directory changes), so a reload never disturbs a session. Front mode adds the client
 //! handoff and STARTTLS of [`crate::front`].
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
 use tokio::io::BufReader;
@@ -240,11 +241,18 @@ impl Settings {
     }
 }
 
+/// How long invalid tags from one client are remembered, and for how many clients.
+const FAILED_TAG_WINDOW: i64 = 3600;
+const FAILED_TAG_CLIENTS: usize = 10_000;
+
 /// What every connection shares.
 pub struct Shared {
     keys: RwLock<Arc<KeySet>>,
     settings: RwLock<Arc<Settings>>,
     pub counters: Counters,
+    /// Invalid tags per client: (count, start of its window). Touched only when a tag
+    /// fails, never on the path of good mail.
+    failed_tags: Mutex<HashMap<IpAddr, (u32, i64)>>,
     /// Fixed clock for tests (`--now`); None = the system clock.
     now: Option<i64>,
 }
@@ -255,8 +263,28 @@ impl Shared {
             keys: RwLock::new(Arc::new(keys)),
             settings: RwLock::new(Arc::new(settings)),
             counters: Counters::default(),
+            failed_tags: Mutex::new(HashMap::new()),
             now,
         }
+    }
+
+    /// Count one invalid tag from `client`; true if it is over `max` within the window.
+    fn failed_tag(&self, client: IpAddr, max: u32) -> bool {
+        let now = self.now();
+        let Ok(mut map) = self.failed_tags.lock() else { return false };
+        if map.len() >= FAILED_TAG_CLIENTS && !map.contains_key(&client) {
+            map.retain(|_, (_, start)| now - *start < FAILED_TAG_WINDOW);
+            if map.len() >= FAILED_TAG_CLIENTS {
+                // Memory stays bounded; forgetting is safe (a tag guess never succeeds).
+                map.clear();
+            }
+        }
+        let e = map.entry(client).or_insert((0, now));
+        if now - e.1 >= FAILED_TAG_WINDOW {
+            *e = (0, now);
+        }
+        e.0 += 1;
+        e.0 > max
     }
 
     fn now(&self) -> i64 {
@@ -290,8 +318,6 @@ pub struct Verify<'a> {
     verdict: Option<TxVerdict>,
     pending: Option<TxVerdict>,
     reason: &'static str,
-    /// Invalid tags seen in bounces in this session.
-    failed_tags: u32,
 }
 
 impl<'a> Verify<'a> {
@@ -309,7 +335,6 @@ impl<'a> Verify<'a> {
             verdict: None,
             pending: None,
             reason: "",
-            failed_tags: 0,
         };
         v.reset();
         v
@@ -341,6 +366,21 @@ fn verdict_name(v: TxVerdict) -> &'static str {
         TxVerdict::BounceOk => "bounce-ok",
         TxVerdict::Backscatter => "backscatter",
     }
+}
+
+/// The ADDR attribute of an XFORWARD command (Postfix XFORWARD_README), if it is an address.
+fn xforward_addr(line: &[u8]) -> Option<IpAddr> {
+    let line = std::str::from_utf8(line).ok()?;
+    let mut words = line.split_ascii_whitespace();
+    if !words.next()?.eq_ignore_ascii_case("XFORWARD") {
+        return None;
+    }
+    let value = words.find_map(|w| w.get(..5).filter(|k| k.eq_ignore_ascii_case("ADDR=")).map(|_| &w[5..]))?;
+    let value = match value.get(..5) {
+        Some(p) if p.eq_ignore_ascii_case("IPV6:") => &value[5..],
+        _ => value,
+    };
+    value.parse().ok()
 }
 
 /// The queue id in a final reply (Postfix: `250 2.0.0 Ok: queued as 4Xy1z2`).
@@ -382,8 +422,7 @@ impl Policy for Verify<'_> {
         };
         // Guessing at tags: forged or made-up ones (an expired tag was once ours).
         if matches!(j.reason, "bad-signature" | "unknown-key" | "malformed") {
-            self.failed_tags += 1;
-            if self.failed_tags > self.settings.max_failed_tags {
+            if self.shared.failed_tag(self.client, self.settings.max_failed_tags) {
                 c.failed_tag_closes.fetch_add(1, Ordering::Relaxed);
                 self.log(path, &j, "closed-too-many-invalid-tags");
                 return Decision::Close(Reply::new(421, "4.7.0", "Too many invalid BATV tags, closing"));
@@ -461,6 +500,15 @@ impl Policy for Verify<'_> {
                 reply.code,
                 queue_id(reply).as_deref().unwrap_or("-")
             );
+        }
+    }
+
+    fn xforward(&mut self, line: &[u8]) {
+        // Before-queue: Postfix names the real client; trusted_relays and the failed-tag
+        // count apply to it, not to Postfix's own address.
+        if let Some(ip) = xforward_addr(line) {
+            self.client = ip;
+            self.trusted_client = self.settings.trusted.iter().any(|n| n.contains(ip));
         }
     }
 
@@ -805,4 +853,23 @@ pub async fn serve(
     let l = shared.settings().limits;
     let _ = tokio::time::timeout(l.data + l.command, drain).await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn xforward_addresses() {
+        assert_eq!(
+            xforward_addr(b"XFORWARD NAME=mx.example ADDR=192.0.2.7\r\n"),
+            Some([192, 0, 2, 7].into())
+        );
+        assert_eq!(
+            xforward_addr(b"xforward addr=IPV6:2001:db8::1 PORT=25\r\n"),
+            Some("2001:db8::1".parse().unwrap())
+        );
+        assert_eq!(xforward_addr(b"XFORWARD ADDR=[UNAVAILABLE]\r\n"), None);
+        assert_eq!(xforward_addr(b"XCLIENT ADDR=192.0.2.7\r\n"), None);
+    }
 }

@@ -41,6 +41,8 @@ pub trait Policy {
     }
     /// The downstream's final reply to a message (end of DATA, BDAT LAST).
     fn finished(&mut self, _reply: &Reply) {}
+    /// An XFORWARD line relayed in before-queue mode (the real client's attributes).
+    fn xforward(&mut self, _line: &[u8]) {}
     /// The transaction ended (final reply relayed, or refused, or RSET).
     fn reset(&mut self);
 }
@@ -151,6 +153,8 @@ pub struct Session<'p, CR, CW, DR, DW, P: Policy> {
     pub starttls: bool,
     /// The downstream's last EHLO reply offered DSN (RFC 3461).
     dsn: bool,
+    /// The downstream's last EHLO reply offered CHUNKING (RFC 3030).
+    chunking_offered: bool,
     /// Error replies sent to the client.
     errors: usize,
     /// Recipients the downstream accepted in this transaction.
@@ -178,6 +182,7 @@ where
             front: false,
             starttls: false,
             dsn: false,
+            chunking_offered: false,
             errors: 0,
             recipients: 0,
             chunking: false,
@@ -323,6 +328,7 @@ where
                 Verb::Helo => {
                     let reply = self.exchange(&line, "waiting for the reply to HELO").await?;
                     self.dsn = false;
+                    self.chunking_offered = false;
                     self.end_transaction();
                     self.reply_client(&reply).await?;
                 }
@@ -336,6 +342,7 @@ where
                     }
                     self.end_transaction();
                     self.dsn = false;
+                    self.chunking_offered = false;
                     smtp::send(&mut self.client_w, &Reply::new(220, "2.0.0", "Ready to start TLS").raw).await?;
                     return Ok(End::StartTls);
                 }
@@ -347,7 +354,14 @@ where
                     self.reply_client(&Reply::new(502, "5.5.1", "Command not implemented")).await?;
                 }
                 Verb::Auth => self.auth(&mut line).await?,
-                Verb::Xclient | Verb::Other => {
+                Verb::Xclient => {
+                    let reply = self.exchange(&line, "waiting for a reply").await?;
+                    if reply.is_positive() {
+                        self.policy.xforward(&line);
+                    }
+                    self.reply_client(&reply).await?;
+                }
+                Verb::Other => {
                     let reply = self.exchange(&line, "waiting for a reply").await?;
                     self.reply_client(&reply).await?;
                 }
@@ -364,7 +378,9 @@ where
     /// The EHLO reply as the client may see it: STARTTLS is ours to offer or not, and in
     /// front mode so are XCLIENT and XFORWARD. Notes whether the downstream offers DSN.
     fn ehlo_reply(&mut self, reply: &Reply) -> Reply {
-        self.dsn = reply.lines().skip(1).any(|l| keyword(l).eq_ignore_ascii_case(b"DSN"));
+        let offers = |k: &[u8]| reply.lines().skip(1).any(|l| keyword(l).eq_ignore_ascii_case(k));
+        self.dsn = offers(b"DSN");
+        self.chunking_offered = offers(b"CHUNKING");
         let front = self.front;
         let mut kept: Vec<&[u8]> = reply
             .lines()
@@ -409,6 +425,16 @@ where
     /// One BDAT chunk (RFC 3030): relayed as counted octets; the policy's header goes
     /// first as a chunk of its own.
     async fn bdat(&mut self, line: &[u8], size: u64, last: bool) -> Result<(), SmtpError> {
+        if !self.chunking_offered {
+            // A server without CHUNKING would read the chunk as commands, unchecked by us
+            // (command smuggling): the chunk goes nowhere.
+            if !smtp::discard_exact(&mut self.client_r, size, self.limits.data).await? {
+                return Err(SmtpError::ClientClosed("during BDAT"));
+            }
+            return self
+                .reply_client(&Reply::new(502, "5.5.1", "BDAT not available (no CHUNKING)"))
+                .await;
+        }
         if let Some(refusal) = self.policy.data() {
             // Consume the chunk so the session stays in step.
             if !smtp::discard_exact(&mut self.client_r, size, self.limits.data).await? {

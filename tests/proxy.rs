@@ -284,7 +284,8 @@ fn sigterm_drains_running_sessions() {
         }
     };
     expect(&mut r, "220");
-    s.write_all(b"EHLO x\r\nMAIL FROM:<a@remote.example>\r\nRCPT TO:<bob@example.com>\r\n").unwrap();
+    s.write_all(b"EHLO x\r\nMAIL FROM:<a@remote.example>\r\nRCPT TO:<bob@example.com>\r\n")
+        .unwrap();
     for c in ["250", "250", "250"] {
         expect(&mut r, c);
     }
@@ -316,4 +317,27 @@ fn sigterm_drains_running_sessions() {
     std::thread::sleep(Duration::from_millis(200));
     let log = p.log.lock().unwrap().clone();
     assert!(log.contains("batv-proxy: draining "), "{log}");
+}
+
+#[test]
+fn before_queue_judges_the_client_postfix_names_in_xforward() {
+    let Some(root) = postfix_root() else { return };
+    let sink = SmtpSink::start(&root, &[]);
+    let p = Proxy::start(&format!("127.0.0.1:{}", sink.port), "trusted_relays = [\"192.0.2.10\"]\n");
+    // Postfix's smtpd_proxy_filter names the real client: a trusted relay's bounce passes...
+    let trusted = b"EHLO x\r\nXFORWARD ADDR=192.0.2.10 NAME=relay.example\r\nMAIL FROM:<>\r\nRCPT TO:<carol@example.com>\r\nDATA\r\nSubject: bounce\r\n\r\nbody\r\n.\r\nQUIT\r\n";
+    assert_eq!(codes(&p.session(trusted)), [220, 250, 250, 250, 250, 354, 250, 221]);
+    // ...another client's does not, although both arrive from Postfix on 127.0.0.1.
+    let other = String::from_utf8_lossy(trusted).replace("192.0.2.10", "192.0.2.99");
+    assert_eq!(codes(&p.session(other.as_bytes())), [220, 250, 250, 250, 250, 550, 221]);
+    std::thread::sleep(Duration::from_millis(200));
+    let log = p.log.lock().unwrap().clone();
+    assert!(
+        log.contains("client=192.0.2.10 sender=<> rcpt=<carol@example.com> verdict=bounce-ok reason=trusted-relay"),
+        "{log}"
+    );
+    assert!(
+        log.contains("client=192.0.2.99 sender=<> rcpt=<carol@example.com> verdict=backscatter"),
+        "{log}"
+    );
 }
