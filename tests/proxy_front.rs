@@ -77,7 +77,12 @@ fn the_client_address_reaches_postfix_or_the_client_is_refused() {
     let sink = SmtpSink::start(&root, &[]);
     let ports = [free_port(), free_port(), free_port()];
     let pf = postfix(&root, sink.port, ports);
-    let relay_test = ["EHLO client.example", "MAIL FROM:<a@remote.example>", "RCPT TO:<x@elsewhere.example>", "QUIT"];
+    let relay_test = [
+        "EHLO client.example",
+        "MAIL FROM:<a@remote.example>",
+        "RCPT TO:<x@elsewhere.example>",
+        "QUIT",
+    ];
 
     for (protocol, port) in [("xclient", ports[0]), ("proxy-v2", ports[1])] {
         let p = Proxy::start(
@@ -100,13 +105,24 @@ fn the_client_address_reaches_postfix_or_the_client_is_refused() {
     let p = Proxy::start(&format!("127.0.0.1:{}", ports[0]), "mode = \"front\"\n");
     let tagged = p.sign(TODAY, "bob@example.com");
     let rcpt = format!("RCPT TO:<{tagged}>");
-    let out = client(&p.addr, "127.0.0.2", &["EHLO mx.remote.example", "MAIL FROM:<>", &rcpt, "DATA", "QUIT"]);
+    let out = client(
+        &p.addr,
+        "127.0.0.2",
+        &["EHLO mx.remote.example", "MAIL FROM:<>", &rcpt, "DATA", "QUIT"],
+    );
     assert!(reply_to(&out, 5).starts_with("250 2.0.0 Ok: queued"), "{out}");
     assert!(!out.contains("XCLIENT"), "XCLIENT is hidden from clients: {out}");
     let out = client(
         &p.addr,
         "127.0.0.2",
-        &["EHLO mx.remote.example", "XCLIENT ADDR=127.0.0.1", "MAIL FROM:<>", "RCPT TO:<carol@example.com>", "DATA", "QUIT"],
+        &[
+            "EHLO mx.remote.example",
+            "XCLIENT ADDR=127.0.0.1",
+            "MAIL FROM:<>",
+            "RCPT TO:<carol@example.com>",
+            "DATA",
+            "QUIT",
+        ],
     );
     assert!(reply_to(&out, 2).starts_with("502 5.5.1"), "{out}");
     assert!(reply_to(&out, 5).starts_with("550 5.7.1"), "{out}");
@@ -131,7 +147,17 @@ fn the_client_address_reaches_postfix_or_the_client_is_refused() {
 fn make_cert(dir: &Path, name: &str) -> (std::path::PathBuf, std::path::PathBuf, String) {
     let (cert, key) = (dir.join(format!("{name}.crt")), dir.join(format!("{name}.key")));
     let ok = Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2"])
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "2",
+        ])
         .args(["-subj", "/CN=mx.example.com", "-keyout"])
         .arg(&key)
         .arg("-out")
@@ -139,7 +165,11 @@ fn make_cert(dir: &Path, name: &str) -> (std::path::PathBuf, std::path::PathBuf,
         .output()
         .unwrap();
     assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
-    let der = Command::new("openssl").args(["x509", "-outform", "DER", "-in"]).arg(&cert).output().unwrap();
+    let der = Command::new("openssl")
+        .args(["x509", "-outform", "DER", "-in"])
+        .arg(&cert)
+        .output()
+        .unwrap();
     let fp = Sha256::digest(&der.stdout).iter().map(|b| format!("{b:02x}")).collect();
     (cert, key, fp)
 }
@@ -157,14 +187,26 @@ fn starttls_ends_at_the_proxy_and_the_certificate_reloads() {
     let (cert, key, fp1) = make_cert(certs.path(), "one");
     let p = Proxy::start(
         &format!("127.0.0.1:{}", ports[0]),
-        &format!("mode = \"front\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n", cert.display(), key.display()),
+        &format!(
+            "mode = \"front\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
+            cert.display(),
+            key.display()
+        ),
     );
     let tagged = p.sign(TODAY, "bob@example.com");
     let rcpt = format!("RCPT TO:<{tagged}>");
     let out = client(
         &p.addr,
         "127.0.0.2",
-        &["EHLO mx.remote.example", "STARTTLS", "EHLO mx.remote.example", "MAIL FROM:<>", &rcpt, "DATA", "QUIT"],
+        &[
+            "EHLO mx.remote.example",
+            "STARTTLS",
+            "EHLO mx.remote.example",
+            "MAIL FROM:<>",
+            &rcpt,
+            "DATA",
+            "QUIT",
+        ],
     );
     let (before, after) = out.split_once("TLS ").unwrap_or_else(|| panic!("no TLS: {out}"));
     assert!(before.contains("250-STARTTLS") || before.contains("250 STARTTLS"), "offered: {out}");

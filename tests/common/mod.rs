@@ -73,5 +73,5 @@ impl Drop for Sink {
         let _ = self.child.wait();
     }
 }
-pub mod proxy;
 pub mod postfix;
+pub mod proxy;

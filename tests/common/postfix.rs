@@ -34,9 +34,18 @@ pub fn wait_port(port: u16) -> bool {
 /// which .ci/run creates.
 pub fn can_run_postfix() -> bool {
     let root = unsafe { libc::geteuid() } == 0;
-    let user = Command::new("getent").args(["passwd", "postfix"]).output().is_ok_and(|o| o.status.success());
-    let group = Command::new("getent").args(["group", "postdrop"]).output().is_ok_and(|o| o.status.success());
-    require("root and the postfix user and postdrop group (a whole Postfix)", root && user && group)
+    let user = Command::new("getent")
+        .args(["passwd", "postfix"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    let group = Command::new("getent")
+        .args(["group", "postdrop"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    require(
+        "root and the postfix user and postdrop group (a whole Postfix)",
+        root && user && group,
+    )
 }
 
 impl Postfix {
