@@ -392,11 +392,16 @@ fn queue_id(reply: &Reply) -> Option<String> {
 }
 
 impl Policy for Verify<'_> {
-    fn mail(&mut self, path: &str) -> Decision {
-        // A fresh key and settings snapshot and clock per transaction.
-        self.reset();
-        self.sender = Some(path.to_string());
+    fn mail(&mut self, _path: &str) -> Decision {
         Decision::Relay(None)
+    }
+
+    fn mail_reply(&mut self, path: &str, reply: &Reply) {
+        if reply.is_positive() {
+            // A fresh key and settings snapshot and clock per transaction.
+            self.reset();
+            self.sender = Some(path.to_string());
+        }
     }
 
     fn rcpt(&mut self, path: &str) -> Decision {
@@ -421,12 +426,12 @@ impl Policy for Verify<'_> {
             TxVerdict::Backscatter => c.backscatter.fetch_add(1, Ordering::Relaxed),
         };
         // Guessing at tags: forged or made-up ones (an expired tag was once ours).
-        if matches!(j.reason, "bad-signature" | "unknown-key" | "malformed") {
-            if self.shared.failed_tag(self.client, self.settings.max_failed_tags) {
-                c.failed_tag_closes.fetch_add(1, Ordering::Relaxed);
-                self.log(path, &j, "closed-too-many-invalid-tags");
-                return Decision::Close(Reply::new(421, "4.7.0", "Too many invalid BATV tags, closing"));
-            }
+        if matches!(j.reason, "bad-signature" | "unknown-key" | "malformed")
+            && self.shared.failed_tag(self.client, self.settings.max_failed_tags)
+        {
+            c.failed_tag_closes.fetch_add(1, Ordering::Relaxed);
+            self.log(path, &j, "closed-too-many-invalid-tags");
+            return Decision::Close(Reply::new(421, "4.7.0", "Too many invalid BATV tags, closing"));
         }
         if j.verdict == TxVerdict::Backscatter && self.enforce && self.settings.reject_at == RejectAt::Rcpt {
             self.log(path, &j, "refused");

@@ -27,6 +27,9 @@ pub enum Decision {
 pub trait Policy {
     /// A MAIL FROM path (no brackets; empty for the null sender).
     fn mail(&mut self, path: &str) -> Decision;
+    /// The downstream answered a MAIL we relayed; a positive reply starts a transaction
+    /// (a refused MAIL leaves any transaction in progress as it was).
+    fn mail_reply(&mut self, _path: &str, _reply: &Reply) {}
     /// An RCPT TO path.
     fn rcpt(&mut self, path: &str) -> Decision;
     /// The downstream answered an RCPT we relayed.
@@ -98,18 +101,30 @@ enum Verb {
     StartTls,
     /// XCLIENT or XFORWARD: attributes only a trusted hop may set.
     Xclient,
+    /// Not a command line (leading white space, empty).
+    Unrecognized,
+    /// A malformed DATA, BDAT or STARTTLS.
+    BadSyntax,
     Other,
 }
 
 fn verb(line: &[u8]) -> Verb {
     use smtp_proto::Request;
+    // A command starts with its verb. Servers differ in whether they skip leading white
+    // space, and a command the downstream runs but we did not recognise would bypass
+    // every check, so such lines (and empty ones) are refused here.
+    if !line.first().is_some_and(u8::is_ascii_alphabetic) {
+        return Verb::Unrecognized;
+    }
     match Request::parse(&mut line.iter()) {
         Ok(Request::Mail { .. }) => Verb::Mail,
         Ok(Request::Rcpt { .. }) => Verb::Rcpt,
         Ok(Request::Data) => Verb::Data,
-        Ok(Request::Bdat { chunk_size, is_last }) => Verb::Bdat {
-            size: chunk_size as u64,
-            last: is_last,
+        // smtp-proto overlooks text after LAST; a downstream that refuses the line would
+        // then read the chunk as commands. Only the strict form is relayed.
+        Ok(Request::Bdat { .. }) => match bdat_args(line) {
+            Some((size, last)) => Verb::Bdat { size, last },
+            None => Verb::BadSyntax,
         },
         Ok(Request::Rset) => Verb::Rset,
         Ok(Request::Quit) => Verb::Quit,
@@ -118,8 +133,9 @@ fn verb(line: &[u8]) -> Verb {
         Ok(Request::Auth { .. }) => Verb::Auth,
         Ok(Request::StartTls) => Verb::StartTls,
         // smtp-proto refuses some valid-enough lines (unknown parameters, odd spacing) and
-        // does not know XCLIENT/XFORWARD; the downstream is the judge of the syntax, so
-        // classify by the verb alone.
+        // does not know XCLIENT/XFORWARD. The downstream judges the syntax of the ones we
+        // can follow whatever their arguments; DATA, BDAT and STARTTLS change how the
+        // following bytes are read, so an odd form of those is refused instead.
         _ => {
             let word: Vec<u8> = line
                 .iter()
@@ -131,11 +147,36 @@ fn verb(line: &[u8]) -> Verb {
                 b"MAIL" => Verb::Mail,
                 b"RCPT" => Verb::Rcpt,
                 b"AUTH" => Verb::Auth,
+                b"EHLO" => Verb::Ehlo,
+                b"HELO" => Verb::Helo,
+                b"RSET" => Verb::Rset,
+                b"QUIT" => Verb::Quit,
                 b"XCLIENT" | b"XFORWARD" => Verb::Xclient,
+                b"DATA" | b"BDAT" | b"STARTTLS" => Verb::BadSyntax,
                 _ => Verb::Other,
             }
         }
     }
+}
+
+/// `BDAT SP chunk-size [SP LAST]` (RFC 3030 §2), nothing else.
+fn bdat_args(line: &[u8]) -> Option<(u64, bool)> {
+    let line = line.strip_suffix(b"\n")?;
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let mut parts = line.split(|&b| b == b' ');
+    if !parts.next()?.eq_ignore_ascii_case(b"BDAT") {
+        return None;
+    }
+    let size = parts
+        .next()
+        .filter(|d| !d.is_empty() && d.len() <= 18 && d.iter().all(u8::is_ascii_digit))?;
+    let size = std::str::from_utf8(size).ok()?.parse().ok()?;
+    let last = match parts.next() {
+        None => false,
+        Some(l) if l.eq_ignore_ascii_case(b"LAST") => true,
+        Some(_) => return None,
+    };
+    parts.next().is_none().then_some((size, last))
 }
 
 /// The relay. `C*` is the client side, `D*` the downstream.
@@ -290,9 +331,14 @@ where
                 continue;
             }
             match v {
+                Verb::Unrecognized => {
+                    self.reply_client(&Reply::new(500, "5.5.2", "Syntax error, command unrecognized"))
+                        .await?;
+                }
+                Verb::BadSyntax => {
+                    self.reply_client(&Reply::new(501, "5.5.4", "Syntax error in parameters")).await?;
+                }
                 Verb::Mail => {
-                    self.recipients = 0;
-                    self.chunking = false;
                     if self.envelope(&line, true).await? {
                         return Ok(End::Closed);
                     }
@@ -309,9 +355,13 @@ where
                 }
                 Verb::Data => self.data(&line).await?,
                 Verb::Bdat { size, last } => self.bdat(&line, size, last).await?,
+                // Transaction state follows the downstream's: only a command it accepted
+                // ends a transaction.
                 Verb::Rset => {
                     let reply = self.exchange(&line, "waiting for the reply to RSET").await?;
-                    self.end_transaction();
+                    if reply.is_positive() {
+                        self.end_transaction();
+                    }
                     self.reply_client(&reply).await?;
                 }
                 Verb::Quit => {
@@ -320,16 +370,20 @@ where
                     return Ok(End::Closed);
                 }
                 Verb::Ehlo => {
-                    let reply = self.exchange(&line, "waiting for the reply to EHLO").await?;
-                    let reply = if reply.code == 250 { self.ehlo_reply(&reply) } else { reply };
-                    self.end_transaction();
+                    let mut reply = self.exchange(&line, "waiting for the reply to EHLO").await?;
+                    if reply.code == 250 {
+                        reply = self.ehlo_reply(&reply);
+                        self.end_transaction();
+                    }
                     self.reply_client(&reply).await?;
                 }
                 Verb::Helo => {
                     let reply = self.exchange(&line, "waiting for the reply to HELO").await?;
-                    self.dsn = false;
-                    self.chunking_offered = false;
-                    self.end_transaction();
+                    if reply.is_positive() {
+                        self.dsn = false;
+                        self.chunking_offered = false;
+                        self.end_transaction();
+                    }
                     self.reply_client(&reply).await?;
                 }
                 Verb::StartTls if self.starttls => {
@@ -479,7 +533,12 @@ where
             let r = tokio::time::timeout(self.limits.command, smtp::read_line(&mut self.client_r, line, smtp::MAX_AUTH_LINE)).await;
             match r.map_err(|_| SmtpError::ClientClosed("(timed out) during AUTH"))?? {
                 Line::Complete => {}
-                _ => return Err(SmtpError::ClientClosed("during AUTH")),
+                Line::TooLong => {
+                    // Cancel the exchange downstream (RFC 4954 §4) and tell the client why.
+                    self.exchange(b"*\r\n", "waiting for the reply to an AUTH cancel").await?;
+                    return self.reply_client(&Reply::new(500, "5.5.2", "Line too long")).await;
+                }
+                Line::Eof => return Err(SmtpError::ClientClosed("during AUTH")),
             }
             reply = self.exchange(line, "waiting for the reply to AUTH").await?;
         }
@@ -491,32 +550,37 @@ where
     async fn envelope(&mut self, line: &[u8], mail: bool) -> Result<bool, SmtpError> {
         let span = smtp::path_span(line);
         let path = span.clone().and_then(|s| smtp::path_address(&line[s]));
-        let decision = match path {
-            Some(p) if mail => self.policy.mail(p),
-            Some(p) => self.policy.rcpt(p),
-            // Unreadable: the downstream gives the syntax error.
-            None => Decision::Relay(None),
+        let (Some(span), Some(path)) = (span, path) else {
+            // A path we cannot read is one the policy cannot judge: it does not go on
+            // (RFC 5321 §4.1.2 requires the angle brackets).
+            let reply = Reply::new(501, "5.5.4", "Syntax error in the address (expected <address>)");
+            self.reply_client(&reply).await?;
+            return Ok(false);
         };
+        let decision = if mail { self.policy.mail(path) } else { self.policy.rcpt(path) };
         let rewritten;
-        let out: &[u8] = match (&decision, span) {
-            (Decision::Refuse(reply), _) if reply.code == 452 => {
+        let out: &[u8] = match &decision {
+            Decision::Refuse(reply) if reply.code == 452 => {
                 self.defer_recipient(reply).await?;
                 return Ok(false);
             }
-            (Decision::Refuse(reply), _) => {
+            Decision::Refuse(reply) => {
                 self.reply_client(reply).await?;
                 return Ok(false);
             }
-            (Decision::Close(reply), _) => {
+            Decision::Close(reply) => {
                 self.reply_client(reply).await?;
                 return Ok(true);
             }
-            (Decision::Relay(Some(new)), Some(span)) => {
-                let orcpt = (!mail && self.dsn).then(|| path.unwrap_or_default());
-                rewritten = rewrite(line, span, new, orcpt);
-                &rewritten
+            Decision::Relay(Some(new)) => {
+                let orcpt = (!mail && self.dsn).then_some(path);
+                rewritten = Some(rewrite(line, span.clone(), new, orcpt))
+                    .filter(|r| r.len() <= smtp::MAX_COMMAND_LINE)
+                    .or_else(|| Some(rewrite(line, span, new, None)).filter(|r| r.len() <= smtp::MAX_COMMAND_LINE));
+                // Too long once rewritten: the line goes on as the client wrote it.
+                rewritten.as_deref().unwrap_or(line)
             }
-            _ => line,
+            Decision::Relay(None) => line,
         };
         let what = if mail {
             "waiting for the reply to MAIL"
@@ -524,10 +588,13 @@ where
             "waiting for the reply to RCPT"
         };
         let reply = self.exchange(out, what).await?;
-        if mail && !reply.is_positive() {
-            self.policy.reset();
-        }
-        if !mail {
+        if mail {
+            if reply.is_positive() {
+                self.recipients = 0;
+                self.chunking = false;
+            }
+            self.policy.mail_reply(path, &reply);
+        } else {
             if reply.is_positive() {
                 self.recipients += 1;
             }
@@ -590,6 +657,16 @@ fn xtext(s: &[u8], out: &mut Vec<u8>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bdat_syntax_is_strict() {
+        assert_eq!(bdat_args(b"BDAT 28 LAST\r\n"), Some((28, true)));
+        assert_eq!(bdat_args(b"bdat 0\r\n"), Some((0, false)));
+        assert_eq!(bdat_args(b"BDAT 28 LAST junk\r\n"), None);
+        assert_eq!(bdat_args(b"BDAT \t0 LAST\r\n"), None);
+        assert_eq!(bdat_args(b"BDAT  5\r\n"), None);
+        assert_eq!(bdat_args(b"BDAT 99999999999999999999\r\n"), None);
+    }
 
     #[test]
     fn orcpt_is_added_once() {
