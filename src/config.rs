@@ -418,9 +418,12 @@ impl Config {
             detail: describe_toml_error(text, &e),
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
-        if let Some(k) = c.keys_dir.as_mut() {
-            if k.is_relative() {
-                *k = base.join(&*k);
+        for p in [c.keys_dir.as_mut(), c.proxy.tls_cert.as_mut(), c.proxy.tls_key.as_mut()]
+            .into_iter()
+            .flatten()
+        {
+            if p.is_relative() {
+                *p = base.join(&*p);
             }
         }
         let invalid = |detail: String| ConfigError::Invalid {

@@ -34,8 +34,6 @@ pub enum HandoffError {
     XclientRefused(String),
     #[error("the downstream did not take the PROXY v2 header (Postfix: smtpd_upstream_proxy_protocol = haproxy): {0}")]
     ProxyRefused(String),
-    #[error("the downstream's greeting to the proxy was {0}")]
-    Greeting(String),
 }
 
 fn text(r: &Reply) -> String {
@@ -78,7 +76,9 @@ where
         FrontProtocol::Xclient => {
             let greeting = smtp::read_reply_within(down_r, limit, "waiting for the downstream's greeting").await?;
             if greeting.code != 220 {
-                return Err(HandoffError::Greeting(text(&greeting)));
+                // The MTA refuses connections now (e.g. 421 when overloaded): the client
+                // hears it, as it would with PROXY v2.
+                return Ok(greeting);
             }
             smtp::send(down_w, format!("EHLO {helo}\r\n").as_bytes())
                 .await

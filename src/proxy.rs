@@ -139,7 +139,7 @@ impl Counters {
         };
         metric(
             "batv_rcpt_total",
-            "Recipients of bounces, by verdict.",
+            "Recipients of bounces judged, by verdict.",
             &[
                 ("{verdict=\"bounce-ok\"}", n(&self.bounce_ok)),
                 ("{verdict=\"backscatter\"}", n(&self.backscatter)),
@@ -155,7 +155,7 @@ impl Counters {
         );
         metric(
             "batv_stripped_total",
-            "Recipients relayed with their tag stripped.",
+            "Recipients judged with an authentic tag (stripped when relayed).",
             &[("", n(&self.stripped))],
         );
         let keys: Vec<(String, u64)> = self
@@ -292,7 +292,11 @@ impl Shared {
     }
 
     pub fn keys(&self) -> Arc<KeySet> {
-        self.keys.read().map(|k| k.clone()).unwrap_or_default()
+        // A poisoned lock still holds a whole set (it is replaced in one assignment).
+        match self.keys.read() {
+            Ok(k) => k.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
     }
 
     pub fn settings(&self) -> Arc<Settings> {
@@ -308,6 +312,8 @@ pub struct Verify<'a> {
     shared: &'a Shared,
     settings: Arc<Settings>,
     session: u64,
+    /// The connection's peer, and the client as named by XFORWARD (else the peer).
+    peer: IpAddr,
     client: IpAddr,
     trusted_client: bool,
     keys: Arc<KeySet>,
@@ -326,6 +332,7 @@ impl<'a> Verify<'a> {
             shared,
             settings: shared.settings(),
             session,
+            peer: client,
             client,
             trusted_client: false,
             keys: shared.keys(),
@@ -426,12 +433,18 @@ impl Policy for Verify<'_> {
             TxVerdict::Backscatter => c.backscatter.fetch_add(1, Ordering::Relaxed),
         };
         // Guessing at tags: forged or made-up ones (an expired tag was once ours).
+        // Not while a genuine bounce is in this transaction (its recipient must not be
+        // deferred for ever), and never in monitor mode, which refuses nothing.
         if matches!(j.reason, "bad-signature" | "unknown-key" | "malformed")
+            && self.verdict.or(self.pending) != Some(TxVerdict::BounceOk)
             && self.shared.failed_tag(self.client, self.settings.max_failed_tags)
         {
-            c.failed_tag_closes.fetch_add(1, Ordering::Relaxed);
-            self.log(path, &j, "closed-too-many-invalid-tags");
-            return Decision::Close(Reply::new(421, "4.7.0", "Too many invalid BATV tags, closing"));
+            if self.enforce {
+                c.failed_tag_closes.fetch_add(1, Ordering::Relaxed);
+                self.log(path, &j, "closed-too-many-invalid-tags");
+                return Decision::Close(Reply::new(421, "4.7.0", "Too many invalid BATV tags, closing"));
+            }
+            self.log(path, &j, "would-close-too-many-invalid-tags");
         }
         if j.verdict == TxVerdict::Backscatter && self.enforce && self.settings.reject_at == RejectAt::Rcpt {
             self.log(path, &j, "refused");
@@ -511,6 +524,10 @@ impl Policy for Verify<'_> {
     fn xforward(&mut self, line: &[u8]) {
         // Before-queue: Postfix names the real client; trusted_relays and the failed-tag
         // count apply to it, not to Postfix's own address.
+        // Only Postfix on this host may say who the client is.
+        if !self.peer.is_loopback() {
+            return;
+        }
         if let Some(ip) = xforward_addr(line) {
             self.client = ip;
             self.trusted_client = self.settings.trusted.iter().any(|n| n.contains(ip));
@@ -695,6 +712,11 @@ impl Source {
     /// SIGHUP: config, certificate and keys; each all or nothing.
     fn reload(&self, shared: &Shared, running: &Config) {
         match self.load() {
+            Ok((config, _)) if config.proxy.mode != running.proxy.mode || config.proxy.front_protocol != running.proxy.front_protocol => {
+                // Switching front mode off on the fly would drop the client handoff on a
+                // public port (an open relay): that takes a restart.
+                eprintln!("batv-proxy: configuration not reloaded: proxy.mode or proxy.front_protocol changed; restart to apply");
+            }
             Ok((config, settings)) => {
                 for (what, changed) in [
                     ("proxy.listen", config.proxy.listen != running.proxy.listen),

@@ -407,6 +407,12 @@ where
                 Verb::Xclient if self.front => {
                     self.reply_client(&Reply::new(502, "5.5.1", "Command not implemented")).await?;
                 }
+                // While TLS is on offer here, AUTH waits for it: the downstream cannot tell
+                // a TLS client from a plain one (as Postfix smtpd_tls_auth_only).
+                Verb::Auth if self.starttls => {
+                    self.reply_client(&Reply::new(530, "5.7.0", "Must issue a STARTTLS command first"))
+                        .await?;
+                }
                 Verb::Auth => self.auth(&mut line).await?,
                 Verb::Xclient => {
                     let reply = self.exchange(&line, "waiting for a reply").await?;
@@ -435,7 +441,7 @@ where
         let offers = |k: &[u8]| reply.lines().skip(1).any(|l| keyword(l).eq_ignore_ascii_case(k));
         self.dsn = offers(b"DSN");
         self.chunking_offered = offers(b"CHUNKING");
-        let front = self.front;
+        let (front, starttls) = (self.front, self.starttls);
         let mut kept: Vec<&[u8]> = reply
             .lines()
             .enumerate()
@@ -443,6 +449,7 @@ where
                 let k = keyword(l);
                 *i == 0
                     || !(k.eq_ignore_ascii_case(b"STARTTLS")
+                        || starttls && k.eq_ignore_ascii_case(b"AUTH")
                         || front && (k.eq_ignore_ascii_case(b"XCLIENT") || k.eq_ignore_ascii_case(b"XFORWARD")))
             })
             .map(|(_, l)| l)
@@ -489,7 +496,9 @@ where
                 .reply_client(&Reply::new(502, "5.5.1", "BDAT not available (no CHUNKING)"))
                 .await;
         }
-        if let Some(refusal) = self.policy.data() {
+        // The policy decides once per message, at its first chunk.
+        let refusal = if self.chunking { None } else { self.policy.data() };
+        if let Some(refusal) = refusal {
             // Consume the chunk so the session stays in step.
             if !smtp::discard_exact(&mut self.client_r, size, self.limits.data).await? {
                 return Err(SmtpError::ClientClosed("during BDAT"));

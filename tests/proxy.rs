@@ -341,3 +341,25 @@ fn before_queue_judges_the_client_postfix_names_in_xforward() {
         "{log}"
     );
 }
+
+#[test]
+fn a_reload_cannot_switch_the_mode() {
+    let Some((sink, _t)) = setup() else { return };
+    let p = Proxy::start(&format!("127.0.0.1:{}", sink.port), "");
+    let text = std::fs::read_to_string(&p.config).unwrap();
+    std::fs::write(&p.config, text.replace("[proxy]\n", "[proxy]\nmode = \"front\"\nenforce = false\n")).unwrap();
+    unsafe { libc::kill(p.child.id() as i32, libc::SIGHUP) };
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !p.log.lock().unwrap().contains("configuration not reloaded") {
+        assert!(std::time::Instant::now() < deadline, "{}", p.log.lock().unwrap());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(p
+        .log
+        .lock()
+        .unwrap()
+        .contains("proxy.mode or proxy.front_protocol changed; restart to apply"));
+    // Still before-queue and still enforcing: the whole new file was refused.
+    let out = p.session(&bounce(&["carol@example.com"]));
+    assert_eq!(codes(&out), [220, 250, 250, 250, 550, 221], "{out}");
+}

@@ -13,6 +13,9 @@ use common::proxy::*;
 use common::require;
 use sha2::{Digest, Sha256};
 
+/// A whole Postfix forks an smtpd per connection: slow on a busy machine.
+const SLOW: &str = "command_timeout_ms = 20000\n";
+
 /// Run tests/peers/client.py: greeting and replies, one line each.
 fn client(addr: &str, source: &str, commands: &[&str]) -> String {
     let (host, port) = addr.rsplit_once(':').unwrap();
@@ -87,7 +90,7 @@ fn the_client_address_reaches_postfix_or_the_client_is_refused() {
     for (protocol, port) in [("xclient", ports[0]), ("proxy-v2", ports[1])] {
         let p = Proxy::start(
             &format!("127.0.0.1:{port}"),
-            &format!("mode = \"front\"\nfront_protocol = \"{protocol}\"\n"),
+            &format!("mode = \"front\"\nfront_protocol = \"{protocol}\"\n{SLOW}"),
         );
         // 127.0.0.2 is not in mynetworks: Postfix refuses to relay for it. Without the
         // handoff it would see 127.0.0.1 and relay: an open relay.
@@ -102,7 +105,7 @@ fn the_client_address_reaches_postfix_or_the_client_is_refused() {
 
     // Bounces through the front proxy and Postfix to smtp-sink: the valid tag arrives
     // stripped, the untagged one is refused at DATA; clients cannot use XCLIENT themselves.
-    let p = Proxy::start(&format!("127.0.0.1:{}", ports[0]), "mode = \"front\"\n");
+    let p = Proxy::start(&format!("127.0.0.1:{}", ports[0]), &format!("mode = \"front\"\n{SLOW}"));
     let tagged = p.sign(TODAY, "bob@example.com");
     let rcpt = format!("RCPT TO:<{tagged}>");
     let out = client(
@@ -134,7 +137,7 @@ fn the_client_address_reaches_postfix_or_the_client_is_refused() {
     for (protocol, port) in [("xclient", ports[2]), ("proxy-v2", ports[0])] {
         let p = Proxy::start(
             &format!("127.0.0.1:{port}"),
-            &format!("mode = \"front\"\nfront_protocol = \"{protocol}\"\n"),
+            &format!("mode = \"front\"\nfront_protocol = \"{protocol}\"\n{SLOW}"),
         );
         let out = client(&p.addr, "127.0.0.2", &relay_test);
         assert!(out.starts_with("421 4.3.0"), "{protocol}: {out}");
@@ -188,7 +191,7 @@ fn starttls_ends_at_the_proxy_and_the_certificate_reloads() {
     let p = Proxy::start(
         &format!("127.0.0.1:{}", ports[0]),
         &format!(
-            "mode = \"front\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
+            "mode = \"front\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n{SLOW}",
             cert.display(),
             key.display()
         ),
@@ -214,9 +217,16 @@ fn starttls_ends_at_the_proxy_and_the_certificate_reloads() {
     assert!(!after.contains("STARTTLS"), "not offered again inside TLS: {out}");
     assert!(reply_to(&out, 7).starts_with("250 2.0.0 Ok: queued"), "delivered over TLS: {out}");
 
+    // AUTH waits for TLS: the MTA behind cannot tell a TLS client from a plain one.
+    let out = client(&p.addr, "127.0.0.2", &["EHLO c.example", "AUTH PLAIN AGFAYg==", "QUIT"]);
+    assert!(reply_to(&out, 2).starts_with("530 5.7.0"), "{out}");
+
     // Plain text pipelined after STARTTLS is dropped, not run inside TLS (CVE-2011-0411).
     let out = client(&p.addr, "127.0.0.2", &["EHLO c.example", "STARTTLS+NOOP", "EHLO c.example", "QUIT"]);
-    let after = out.split_once("TLS ").map(|x| x.1).unwrap_or_else(|| panic!("{out}"));
+    let after = out
+        .split_once("TLS ")
+        .map(|x| x.1)
+        .unwrap_or_else(|| panic!("{out}\n{}", p.log.lock().unwrap()));
     let first = after.lines().nth(1).unwrap_or("");
     assert!(first.starts_with("250-"), "the EHLO reply comes first, no NOOP reply: {out}");
 

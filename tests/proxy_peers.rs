@@ -482,6 +482,10 @@ fn bdat_chunks_are_relayed_refused_and_marked() {
     want.extend_from_slice(&chunks.concat());
     assert_eq!(unhex(m[2]["data"].as_str().unwrap()), want);
     assert_eq!(m[2]["rcpts"], serde_json::json!(["RCPT TO:<carol@example.com>"]));
+    // One message in two chunks is one monitored transaction, logged once.
+    wait_log(&p, "action=delivered-monitor", 1);
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(log(&p).matches("action=delivered-monitor").count(), 1, "{}", log(&p));
 }
 
 /// Found while writing these tests: the proxy relays BDAT even when the downstream did not
@@ -726,6 +730,16 @@ fn failed_tag_and_error_limits_close_the_session() {
     assert!(out.ends_with("421 4.7.0 Too many errors, closing\r\n"), "{out}");
     std::thread::sleep(Duration::from_millis(200));
     assert!(sink.messages(0).is_empty());
+
+    // Monitor mode refuses nothing, not even a tag guesser: it logs what it would do.
+    let m = Proxy::start(&format!("127.0.0.1:{}", sink.port), "max_failed_tags = 2\nenforce = false\n");
+    let forged_m: Vec<String> = ["bob", "carol", "dave"]
+        .iter()
+        .map(|u| forge(&m.sign(TODAY, &format!("{u}@example.com"))))
+        .collect();
+    let out = m.session(&bounce(&[&forged_m[0], &forged_m[1], &forged_m[2]]));
+    assert_eq!(codes(&out), [220, 250, 250, 250, 250, 250, 354, 250, 221], "{out}");
+    wait_log(&m, "action=would-close-too-many-invalid-tags", 1);
 }
 
 #[test]

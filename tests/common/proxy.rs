@@ -24,6 +24,9 @@ pub struct Proxy {
 
 impl Drop for Proxy {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- proxy log ---\n{}", self.log.lock().map(|l| l.clone()).unwrap_or_default());
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -45,7 +48,20 @@ impl Proxy {
         let cfg = t.path().join("batv.toml");
         std::fs::write(
             &cfg,
-            format!("sign_domains = [\"example.com\"]\n[proxy]\ncommand_timeout_ms = 3000\ndata_timeout_ms = 3000\n{proxy_extra}"),
+            // Short timeouts keep fault tests quick; `proxy_extra` may set its own.
+            format!(
+                "sign_domains = [\"example.com\"]\n[proxy]\n{}{}{proxy_extra}",
+                if proxy_extra.contains("command_timeout_ms") {
+                    ""
+                } else {
+                    "command_timeout_ms = 3000\n"
+                },
+                if proxy_extra.contains("data_timeout_ms") {
+                    ""
+                } else {
+                    "data_timeout_ms = 3000\n"
+                },
+            ),
         )
         .unwrap();
         let mut child = Command::new(BIN)

@@ -36,7 +36,7 @@ def main():
     source = None
     if args[:1] == ["--source"]:
         source, args = args[1], args[2:]
-    sock = socket.create_connection((host, port), timeout=10, source_address=(source, 0) if source else None)
+    sock = socket.create_connection((host, port), timeout=30, source_address=(source, 0) if source else None)
     f = sock.makefile("rb")
     out = reply(f)
     for cmd in args:
