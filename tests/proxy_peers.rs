@@ -540,10 +540,10 @@ fn monitor_mode_marks_bounces_with_a_header() {
     assert_eq!(sink_data(&m[2]), BOUNCE_BODY.as_bytes(), "normal mail gets no X-BATV header");
 }
 
-/// A bounce to postmaster (always passes) on a raw client: the replies after DATA.
-fn after_data(addr: &str) -> (Vec<String>, String) {
+/// A bounce to postmaster (always passes) on a raw client, up to the 354.
+fn up_to_data(addr: &str) -> (Client, Vec<String>) {
     let mut c = Client::connect(addr);
-    let mut r = vec![
+    let r = vec![
         c.reply(),
         c.cmd("EHLO x"),
         c.cmd("MAIL FROM:<>"),
@@ -551,6 +551,12 @@ fn after_data(addr: &str) -> (Vec<String>, String) {
         c.cmd("DATA"),
     ];
     assert_eq!(code(&r[4]), 354, "{r:?}");
+    (c, r)
+}
+
+/// `up_to_data`, then a long message: the replies, and whatever follows.
+fn after_data(addr: &str) -> (Vec<String>, String) {
+    let (mut c, mut r) = up_to_data(addr);
     let mut body = BOUNCE_BODY.repeat(200).into_bytes();
     body.extend_from_slice(b".\r\n");
     c.send(&body);
@@ -576,15 +582,7 @@ fn downstream_faults_during_data() {
         return;
     };
     let p = Proxy::start(&cs.forward(), "");
-    let mut c = Client::connect(&p.addr);
-    let mut r = vec![
-        c.reply(),
-        c.cmd("EHLO x"),
-        c.cmd("MAIL FROM:<>"),
-        c.cmd("RCPT TO:<postmaster@example.com>"),
-        c.cmd("DATA"),
-    ];
-    assert_eq!(code(&r[4]), 354, "{r:?}");
+    let (mut c, mut r) = up_to_data(&p.addr);
     c.send(format!("{BOUNCE_BODY}.\r\n").as_bytes());
     r.push(c.reply());
     assert_eq!(r[5], "451 4.3.0 Queue file write error, try again\r\n", "{r:?}");
