@@ -870,7 +870,7 @@ fn check(input: &[u8], opts: Opts, o: &Outcome) -> Result<(), String> {
                 return Err(format!("reply #{t} duplicated or out of order (after #{last_tag})"));
             }
             last_tag = t;
-        } else if !matches!(r.code, 220 | 421 | 452 | 454 | 500 | 501 | 502 | 550) {
+        } else if !matches!(r.code, 220 | 421 | 452 | 454 | 500 | 501 | 502 | 530 | 550) {
             return Err(format!(
                 "a reply of the session's own with code {}: {:?}",
                 r.code,
@@ -995,6 +995,19 @@ fn check(input: &[u8], opts: Opts, o: &Outcome) -> Result<(), String> {
         if opts.front && kws.iter().any(|k| k.as_slice() == b"XCLIENT" || k.as_slice() == b"XFORWARD") {
             return Err("EHLO reply offers XCLIENT/XFORWARD in front mode".into());
         }
+        if opts.starttls && kws.iter().any(|k| k.as_slice() == b"AUTH") {
+            return Err("EHLO reply offers AUTH before STARTTLS".into());
+        }
+    }
+
+    // 9. While STARTTLS is on offer (before TLS), AUTH never reaches the downstream.
+    if opts.starttls
+        && o.down
+            .commands
+            .iter()
+            .any(|(l, _)| l.len() >= 4 && l[..4].eq_ignore_ascii_case(b"AUTH"))
+    {
+        return Err("AUTH relayed before STARTTLS".into());
     }
     Ok(())
 }
