@@ -435,8 +435,9 @@ where
         self.policy.reset();
     }
 
-    /// The EHLO reply as the client may see it: STARTTLS is ours to offer or not, and in
-    /// front mode so are XCLIENT and XFORWARD. Notes whether the downstream offers DSN.
+    /// The EHLO reply as the client may see it: STARTTLS is ours to offer or not (and AUTH
+    /// waits for it while offered); in front mode XCLIENT and XFORWARD are ours too. Notes
+    /// whether the downstream offers DSN and CHUNKING.
     fn ehlo_reply(&mut self, reply: &Reply) -> Reply {
         let offers = |k: &[u8]| reply.lines().skip(1).any(|l| keyword(l).eq_ignore_ascii_case(k));
         self.dsn = offers(b"DSN");
