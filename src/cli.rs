@@ -37,6 +37,9 @@ pub enum Command {
     Verify(VerifyArgs),
     /// Print addresses without their tag (no check)
     Strip(StripArgs),
+    /// Is a message (on stdin) backscatter? For procmail, maildrop, Sieve and Postfix pipe
+    #[command(long_about = CHECK_ABOUT, after_long_help = CHECK_EXAMPLES)]
+    Check(CheckArgs),
     /// Manage the signing keys
     #[command(subcommand, long_about = KEYS_ABOUT, disable_help_subcommand = true)]
     Keys(KeysCommand),
@@ -190,8 +193,54 @@ pub struct VerifyArgs {
     pub addresses: Vec<String>,
 }
 
+const CHECK_ABOUT: &str = "\
+Read a message on stdin and decide whether it is backscatter. The message is a delivery
+report (RFC 3464), a plain-text bounce (qmail, Sendmail, Exchange, providers), an
+auto-reply (RFC 3834, vacation), a disposition notification or feedback report (kept apart:
+not bounces), or not a bounce. For a bounce, the recipient (--recipient, else the
+X-Original-To or Delivered-To header) and the sender of the returned message (its
+Return-Path, DSN fields or quoted headers) are checked: a valid tag on either makes it a
+real bounce. A bounce to a protected address with no valid tag is backscatter. Auto-replies
+without a valid tag are not refused (vacation programs answer From:, which is never
+tagged); they are reported as unknown.
+
+Prints `verdict=... reason=... kind=... original_sender=...` on stdout and exits 0 (deliver:
+not a bounce, a valid tag, or unknown), 1 (backscatter) or 75 (keys unreadable: try again).
+With --add-header it always exits 0 and writes the message back on stdout with an X-BATV:
+header in front: use that where a failure exit would make the MTA bounce (Postfix pipe),
+because a bounce of backscatter is more backscatter. Malformed messages are never an
+error: they are not bounces, and are delivered.";
+
+const CHECK_EXAMPLES: &str = "\
+Examples:
+  procmail (~/.procmailrc):
+    :0 W
+    * ? batv check
+    { }
+    :0 E
+    .Junk.Backscatter/
+  Sieve (Dovecot Pigeonhole, sieve_extprograms):
+    require [\"vnd.dovecot.execute\", \"fileinto\"];
+    if not execute :pipe \"batv-check\" { fileinto \"Backscatter\"; }
+  Postfix pipe (master.cf): never branch on the exit status, add the header instead:
+    batv-check unix - n n - - pipe flags=Rq user=batv argv=/usr/local/bin/batv check
+      --add-header --recipient ${original_recipient}";
+
 /// Print each ADDRESS without its tag, without checking the tag. Untagged addresses are
 /// printed unchanged. With no ADDRESS, read one per line from stdin.
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// The message's envelope sender (\"\" for the null sender), if known
+    #[arg(long, value_name = "ADDRESS")]
+    pub sender: Option<String>,
+    /// The message's envelope recipient [default: X-Original-To or Delivered-To]
+    #[arg(long, value_name = "ADDRESS")]
+    pub recipient: Option<String>,
+    /// Write the message back with an X-BATV: header in front; always exit 0
+    #[arg(long)]
+    pub add_header: bool,
+}
+
 #[derive(Debug, Args)]
 pub struct StripArgs {
     /// Addresses to strip

@@ -106,6 +106,7 @@ pub fn run(cli: Cli) -> u8 {
         Command::Sign(a) => sign(&ctx, a),
         Command::Verify(a) => verify(&ctx, a),
         Command::Strip(a) => strip(a),
+        Command::Check(a) => check(&ctx, a),
         Command::Keys(k) => keys_cmd(&ctx, k),
         Command::Config(c) => config_cmd(&ctx, c),
         Command::Sendmail(a) => Ok(wrapper(ctx, OsString::from("sendmail")).run(a.args)),
@@ -298,6 +299,75 @@ fn verify(ctx: &Context, a: VerifyArgs) -> Result<u8, CliError> {
         }
     }
     out.flush()?;
+    Ok(code)
+}
+
+/// How much of a message `check` inspects (a bounce's evidence is near the start).
+const CHECK_LIMIT: usize = 1 << 20;
+
+fn check(ctx: &Context, a: crate::cli::CheckArgs) -> Result<u8, CliError> {
+    use crate::bounce::{self, CheckVerdict};
+    let mut raw = Vec::new();
+    io::stdin().lock().read_to_end(&mut raw)?;
+    let report = bounce::inspect(&raw, CHECK_LIMIT, a.sender.as_deref() == Some(""));
+    let recipient = a
+        .recipient
+        .clone()
+        .or_else(|| bounce::envelope_recipient(&raw[..raw.len().min(CHECK_LIMIT)]));
+    // Keys are needed only for a bounce; unreadable keys are a temporary failure.
+    let verdict = if report.kind.is_bounce() {
+        match KeyStore::new(&ctx.keys_dir, ctx.config.key_group.as_deref()).and_then(|s| s.load()) {
+            Ok(keys) => Ok(bounce::judge(
+                &report,
+                recipient.as_deref(),
+                &keys,
+                &ctx.config.protected_domain_set(),
+                ctx.today(),
+            )),
+            Err(e) => Err(e),
+        }
+    } else {
+        Ok(CheckVerdict::NotABounce)
+    };
+    let (verdict, code) = match verdict {
+        Ok(v) => {
+            let code = if matches!(v, CheckVerdict::Backscatter(_)) {
+                EX_INVALID
+            } else {
+                EX_OK
+            };
+            (v, code)
+        }
+        Err(e) => {
+            eprintln!("batv: check: {e}");
+            (CheckVerdict::Unknown("keys-unavailable"), EX_TEMPFAIL)
+        }
+    };
+    let mut out = io::stdout().lock();
+    if a.add_header {
+        let crlf = raw.iter().position(|&b| b == b'\n').is_some_and(|i| i > 0 && raw[i - 1] == b'\r');
+        write!(
+            out,
+            "X-BATV: {}; reason={}; kind={}{}",
+            verdict.name(),
+            verdict.reason(),
+            report.kind.name(),
+            if crlf { "\r\n" } else { "\n" }
+        )?;
+        out.write_all(&raw)?;
+        out.flush()?;
+        // A failure exit would make the MTA bounce: the header carries the verdict.
+        return Ok(EX_OK);
+    }
+    writeln!(
+        out,
+        "verdict={} reason={} kind={} original_sender={} recipient={}",
+        verdict.name(),
+        verdict.reason(),
+        report.kind.name(),
+        report.original_sender.as_deref().unwrap_or("-"),
+        recipient.as_deref().unwrap_or("-"),
+    )?;
     Ok(code)
 }
 

@@ -5,6 +5,7 @@
 //! it, and the CLI (`cli`, `commands`) on top. The library never exits the process.
 
 pub mod address;
+pub mod bounce;
 pub mod cli;
 pub mod commands;
 pub mod config;
