@@ -93,8 +93,8 @@ pub fn inspect(raw: &[u8], limit: usize, null_sender: bool) -> Report {
         return none;
     };
     let kind = classify(&msg, null_sender);
-    if !kind.is_bounce() {
-        return Report { kind, ..none };
+    if kind == Kind::NotABounce {
+        return none;
     }
     let (original_sender, source) = match original_sender(&msg) {
         Some((a, s)) => (Some(a), s),
@@ -187,14 +187,19 @@ fn daemon_sender(msg: &Message<'_>) -> bool {
 }
 
 fn classify(msg: &Message<'_>, null_sender: bool) -> Kind {
-    if let Some(ct) = msg.root_part().content_type() {
-        if ct.ctype().eq_ignore_ascii_case("multipart") && ct.subtype().is_some_and(|s| s.eq_ignore_ascii_case("report")) {
-            match ct.attribute("report-type").map(str::to_ascii_lowercase).as_deref() {
-                Some("delivery-status") => return Kind::DeliveryReport,
-                Some("disposition-notification") => return Kind::Disposition,
-                Some("feedback-report") => return Kind::FeedbackReport,
-                _ => {}
-            }
+    // The report itself, or one wrapped in a multipart/mixed by a gateway.
+    for part in msg.parts.iter().take(8) {
+        let Some(ct) = part.content_type() else { continue };
+        if !(ct.ctype().eq_ignore_ascii_case("multipart") && ct.subtype().is_some_and(|s| s.eq_ignore_ascii_case("report"))) {
+            continue;
+        }
+        match ct.attribute("report-type").map(str::to_ascii_lowercase).as_deref() {
+            Some("delivery-status") => return Kind::DeliveryReport,
+            Some("disposition-notification") => return Kind::Disposition,
+            Some("feedback-report") => return Kind::FeedbackReport,
+            // A report without its type: its parts say what it is.
+            None if has_part(msg, "delivery-status") => return Kind::DeliveryReport,
+            _ => {}
         }
     }
     let null_sender =
@@ -214,6 +219,15 @@ fn classify(msg: &Message<'_>, null_sender: bool) -> Kind {
         return Kind::AutoReply;
     }
     Kind::NotABounce
+}
+
+/// A part of type `*/subtype` anywhere in the message.
+fn has_part(msg: &Message<'_>, subtype: &str) -> bool {
+    msg.parts.iter().any(|p| {
+        p.content_type()
+            .and_then(|c| c.subtype())
+            .is_some_and(|s| s.eq_ignore_ascii_case(subtype))
+    })
 }
 
 /// A delivery-status part, or a returned message, inside a non-report multipart.

@@ -210,12 +210,9 @@ fn broken_and_huge_input_is_delivered() {
 /// Rows of the public corpus batv gets wrong today: (file, kind wrong, sender wrong). The
 /// test fails when one of them starts to pass, so the list only shrinks.
 const KNOWN_MISSES: &[(&str, bool, bool)] = &[
-    ("arf-01.eml", false, true),
-    ("arf-21.eml", false, true),
     ("arf-24.eml", true, true),
     ("lhost-apachejames-01.eml", true, true),
     ("lhost-bigfoot-02.eml", false, true),
-    ("lhost-domino-03.eml", true, false),
     ("lhost-fml-02.eml", true, false),
     ("lhost-imailserver-06.eml", false, true),
     ("lhost-kddi-01.eml", true, true),
@@ -233,8 +230,6 @@ const KNOWN_MISSES: &[(&str, bool, bool)] = &[
     ("lhost-x1-03.eml", false, true),
     ("lhost-x2-05.eml", true, true),
     ("lhost-x3-01.eml", false, true),
-    ("lhost-x3-05.eml", true, false),
-    ("lhost-x3-06.eml", true, false),
     ("lhost-x5-01.eml", false, true),
     ("lhost-x6-02.eml", true, false),
 ];
