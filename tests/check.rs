@@ -268,3 +268,24 @@ fn public_corpus_matches_the_expectations_written_by_reading_it() {
     }
     eprintln!("public corpus: kind right {kinds}/200, original sender right {senders}/200");
 }
+
+#[test]
+fn ordinary_mail_is_never_a_bounce() {
+    let s = Store::new();
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/ordinary");
+    let mut n = 0;
+    for e in std::fs::read_dir(&dir).unwrap() {
+        let path = e.unwrap().path();
+        if path.extension().is_none_or(|x| x != "eml") {
+            continue;
+        }
+        let raw = std::fs::read(&path).unwrap();
+        let r = batv::bounce::inspect(&raw, 1 << 20, false);
+        assert_eq!(r.kind, batv::bounce::Kind::NotABounce, "{}", path.display());
+        // Also to a protected, untagged recipient: delivered.
+        let (code, out) = s.check(&["--recipient", "user@example.org"], &raw);
+        assert_eq!((code, field(&out, "verdict")), (0, "not-a-bounce"), "{}: {out}", path.display());
+        n += 1;
+    }
+    assert!(n >= 24, "{n} samples");
+}
