@@ -73,6 +73,9 @@ pub struct Report {
     /// The envelope sender of the message returned, as the bounce shows it.
     pub original_sender: Option<String>,
     pub source: Source,
+    /// The envelope recipient as the delivering MTA recorded it (X-Original-To,
+    /// Delivered-To), for a check that was not told the recipient.
+    pub envelope_recipient: Option<String>,
 }
 
 /// Inspect a message (at most `limit` octets of it). `null_sender`: it came with
@@ -84,17 +87,25 @@ pub fn inspect(raw: &[u8], limit: usize, null_sender: bool) -> Report {
         let end = raw.iter().position(|&b| b == b'\n').map_or(raw.len(), |i| i + 1);
         raw = &raw[end..];
     }
-    let none = Report {
-        kind: Kind::NotABounce,
-        original_sender: None,
-        source: Source::None,
-    };
     let Some(msg) = MessageParser::default().parse(raw) else {
-        return none;
+        return Report {
+            kind: Kind::NotABounce,
+            original_sender: None,
+            source: Source::None,
+            envelope_recipient: None,
+        };
     };
+    let envelope_recipient = ["X-Original-To", "Delivered-To"]
+        .iter()
+        .find_map(|h| msg.header_raw(*h).and_then(bare));
     let kind = classify(&msg, null_sender);
     if kind == Kind::NotABounce {
-        return none;
+        return Report {
+            kind,
+            original_sender: None,
+            source: Source::None,
+            envelope_recipient,
+        };
     }
     let (original_sender, source) = match original_sender(&msg) {
         Some((a, s)) => (Some(a), s),
@@ -108,15 +119,12 @@ pub fn inspect(raw: &[u8], limit: usize, null_sender: bool) -> Report {
         kind,
         original_sender,
         source,
+        envelope_recipient,
     }
 }
 
 fn header<'a>(msg: &'a Message<'_>, name: &'static str) -> Option<&'a str> {
     msg.header_raw(name).map(str::trim)
-}
-
-fn ci_contains(hay: &str, needle: &str) -> bool {
-    hay.to_ascii_lowercase().contains(needle)
 }
 
 /// Subjects MTAs and providers give their bounces and delay notices (lower case).
@@ -243,8 +251,11 @@ fn returns_a_message(msg: &Message<'_>) -> bool {
 
 fn body_has_bounce_phrase(msg: &Message<'_>) -> bool {
     msg.text_bodies().take(4).any(|p| {
-        p.text_contents()
-            .is_some_and(|t| BOUNCE_PHRASES.iter().any(|ph| ci_contains(&t[..floor(t, 8192)], ph)))
+        p.text_contents().is_some_and(|t| {
+            // Lower-cased once per part, not once per phrase.
+            let head = t[..floor(t, 8192)].to_ascii_lowercase();
+            BOUNCE_PHRASES.iter().any(|ph| head.contains(ph))
+        })
     })
 }
 
@@ -405,14 +416,6 @@ fn original_sender(msg: &Message<'_>) -> Option<(String, Source)> {
         }
     }
     from.map(|f| (f, Source::From))
-}
-
-/// The envelope recipient as the delivering MTA recorded it (X-Original-To, Delivered-To).
-pub fn envelope_recipient(raw: &[u8]) -> Option<String> {
-    let msg = MessageParser::default().parse(raw)?;
-    ["X-Original-To", "Delivered-To"]
-        .iter()
-        .find_map(|h| msg.header_raw(*h).and_then(bare))
 }
 
 /// What a checked message means for its recipient.

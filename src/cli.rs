@@ -222,9 +222,9 @@ Examples:
   Sieve (Dovecot Pigeonhole, sieve_extprograms):
     require [\"vnd.dovecot.execute\", \"fileinto\"];
     if not execute :pipe \"batv-check\" { fileinto \"Backscatter\"; }
-  Postfix pipe (master.cf): never branch on the exit status, add the header instead:
-    batv-check unix - n n - - pipe flags=Rq user=batv argv=/usr/local/bin/batv check
-      --add-header --recipient ${original_recipient}";
+  Postfix pipe: never branch on the exit status (a failure makes Postfix bounce, and a
+  bounce of backscatter is more backscatter): run check --add-header in a filter that
+  hands the message back to Postfix, and sort on the X-BATV: header.";
 
 /// Print each ADDRESS without its tag, without checking the tag. Untagged addresses are
 /// printed unchanged. With no ADDRESS, read one per line from stdin.

@@ -133,7 +133,7 @@ fn proxy(ctx: Context, a: crate::cli::ProxyArgs) -> Result<u8, CliError> {
     config.proxy.forward = a.forward.unwrap_or(config.proxy.forward);
     let listen = a.listen.unwrap_or(config.proxy.listen);
     let settings = proxy::Settings::from_config(&config).map_err(invalid)?;
-    let store = KeyStore::new(&ctx.keys_dir, config.key_group.as_deref())?;
+    let store = ctx.store()?;
     let keys = proxy::startup_keys(&store)?;
     let shared = std::sync::Arc::new(proxy::Shared::new(settings, keys, ctx.fixed_now.then_some(ctx.now)));
     let source = proxy::Source {
@@ -310,13 +310,10 @@ fn check(ctx: &Context, a: crate::cli::CheckArgs) -> Result<u8, CliError> {
     let mut raw = Vec::new();
     io::stdin().lock().read_to_end(&mut raw)?;
     let report = bounce::inspect(&raw, CHECK_LIMIT, a.sender.as_deref() == Some(""));
-    let recipient = a
-        .recipient
-        .clone()
-        .or_else(|| bounce::envelope_recipient(&raw[..raw.len().min(CHECK_LIMIT)]));
+    let recipient = a.recipient.clone().or_else(|| report.envelope_recipient.clone());
     // Keys are needed only for a bounce; unreadable keys are a temporary failure.
     let verdict = if report.kind.is_bounce() {
-        match KeyStore::new(&ctx.keys_dir, ctx.config.key_group.as_deref()).and_then(|s| s.load()) {
+        match ctx.store().and_then(|s| s.load()) {
             Ok(keys) => Ok(bounce::judge(
                 &report,
                 recipient.as_deref(),
