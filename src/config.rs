@@ -171,6 +171,16 @@ pub struct ProxyConfig {
     /// Waiting for message data and for the reply to its end (10 minutes).
     #[serde(default = "default_data_timeout")]
     pub data_timeout_ms: u64,
+    /// Inspect mail from non-null senders to protected, untagged recipients for bounces of
+    /// mail we never sent (backscatter from broken MTAs and auto-responders): adds `X-BATV:`.
+    #[serde(default)]
+    pub data_check: bool,
+    /// With `data_check`: refuse what it finds to be backscatter with 550 5.7.1.
+    #[serde(default)]
+    pub data_check_refuse: bool,
+    /// With `data_check`: how much of a message is inspected (held before it goes on).
+    #[serde(default = "default_data_check_kib", deserialize_with = "data_check_kib")]
+    pub data_check_kib: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls_cert: Option<PathBuf>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -231,6 +241,19 @@ fn loopback_opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<std::net::Sock
     }
     Ok(Some(a))
 }
+/// Bounces carry their evidence (the report and the returned headers) near the start.
+fn default_data_check_kib() -> u32 {
+    64
+}
+const MAX_DATA_CHECK_KIB: u32 = 1024;
+fn data_check_kib<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    let v = i64::deserialize(d)?;
+    if (1..=MAX_DATA_CHECK_KIB as i64).contains(&v) {
+        Ok(v as u32)
+    } else {
+        Err(serde::de::Error::custom(format!("must be 1 to {MAX_DATA_CHECK_KIB}, got {v}")))
+    }
+}
 fn default_max_connections() -> NonZeroU32 {
     NonZeroU32::new(1000).unwrap_or(NonZeroU32::MIN)
 }
@@ -264,6 +287,9 @@ impl Default for ProxyConfig {
             metrics_listen: None,
             command_timeout_ms: default_command_timeout(),
             data_timeout_ms: default_data_timeout(),
+            data_check: false,
+            data_check_refuse: false,
+            data_check_kib: default_data_check_kib(),
             tls_cert: None,
             tls_key: None,
         }
@@ -432,6 +458,9 @@ impl Config {
         };
         if c.proxy.mode == ProxyMode::Front && c.proxy.tls_cert.is_some() != c.proxy.tls_key.is_some() {
             return Err(invalid("proxy.tls_cert and proxy.tls_key go together".into()));
+        }
+        if c.proxy.data_check_refuse && !c.proxy.data_check {
+            return Err(invalid("proxy.data_check_refuse needs proxy.data_check = true".into()));
         }
         Ok(c)
     }

@@ -19,6 +19,7 @@ use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
 use crate::address::DomainSet;
+use crate::bounce::{self, CheckVerdict};
 use crate::config::{Config, FrontProtocol, IpNet, ProxyMode, RejectAt};
 use crate::front::{self, ClientIo};
 use crate::keys::{KeyError, KeySet, KeyStore};
@@ -124,7 +125,12 @@ pub struct Counters {
     pub handoff_failures: AtomicU64,
     /// Sessions closed for too many invalid tags.
     pub failed_tag_closes: AtomicU64,
+    /// DATA checks, by verdict (see [`DATA_CHECK_VERDICTS`]).
+    pub data_checks: [AtomicU64; 4],
 }
+
+/// The verdicts of the DATA check, in the order of [`Counters::data_checks`].
+pub const DATA_CHECK_VERDICTS: [&str; 4] = ["not-a-bounce", "bounce-with-valid-tag", "backscatter", "unknown"];
 
 impl Counters {
     /// Prometheus text exposition format (also what SIGUSR1 prints).
@@ -182,6 +188,13 @@ impl Counters {
             "Sessions closed for too many invalid tags.",
             &[("", n(&self.failed_tag_closes))],
         );
+        let labels: Vec<String> = DATA_CHECK_VERDICTS.iter().map(|v| format!("{{verdict=\"{v}\"}}")).collect();
+        let rows: Vec<(&str, u64)> = labels.iter().zip(&self.data_checks).map(|(l, c)| (l.as_str(), n(c))).collect();
+        metric(
+            "batv_data_checks_total",
+            "Messages from non-null senders to protected untagged recipients inspected at DATA, by verdict.",
+            &rows,
+        );
         s
     }
 }
@@ -203,6 +216,17 @@ pub struct Settings {
     pub tls: Option<TlsAcceptor>,
     /// For the EHLO the proxy itself sends before XCLIENT.
     pub hostname: String,
+    /// The DATA check, if on.
+    pub data_check: Option<DataCheck>,
+}
+
+/// The DATA check's settings.
+#[derive(Debug, Clone, Copy)]
+pub struct DataCheck {
+    /// Octets of a message inspected.
+    pub limit: usize,
+    /// Refuse backscatter (else only mark it).
+    pub refuse: bool,
 }
 
 impl Settings {
@@ -233,6 +257,10 @@ impl Settings {
             max_failed_tags: p.max_failed_tags.get(),
             tls,
             hostname: front::hostname(),
+            data_check: p.data_check.then_some(DataCheck {
+                limit: p.data_check_kib as usize * 1024,
+                refuse: p.data_check_refuse,
+            }),
         })
     }
 
@@ -324,6 +352,12 @@ pub struct Verify<'a> {
     verdict: Option<TxVerdict>,
     pending: Option<TxVerdict>,
     reason: &'static str,
+    /// For the DATA check (non-null senders): the first accepted recipient that is
+    /// protected and untagged, and the first with a valid tag (as sent).
+    untagged_rcpt: Option<String>,
+    tagged_rcpt: Option<String>,
+    /// The recipient being relayed, and whether its tag is valid.
+    pending_rcpt: Option<(String, bool)>,
 }
 
 impl<'a> Verify<'a> {
@@ -342,6 +376,9 @@ impl<'a> Verify<'a> {
             verdict: None,
             pending: None,
             reason: "",
+            untagged_rcpt: None,
+            tagged_rcpt: None,
+            pending_rcpt: None,
         };
         v.reset();
         v
@@ -422,6 +459,9 @@ impl Policy for Verify<'_> {
             c.stripped.fetch_add(1, Ordering::Relaxed);
         }
         if !self.bounce() {
+            if self.settings.data_check.is_some() && matches!(j.reason, "untagged" | "valid") {
+                self.pending_rcpt = Some((path.to_string(), j.reason == "valid"));
+            }
             return relay;
         }
         if self.trusted_client && j.verdict == TxVerdict::Backscatter {
@@ -477,6 +517,10 @@ impl Policy for Verify<'_> {
         if self.verdict.is_none() {
             self.pending = None;
         }
+        if let Some((rcpt, valid)) = self.pending_rcpt.take().filter(|_| reply.is_positive()) {
+            let slot = if valid { &mut self.tagged_rcpt } else { &mut self.untagged_rcpt };
+            slot.get_or_insert(rcpt);
+        }
     }
 
     fn data(&mut self) -> Option<Reply> {
@@ -505,6 +549,69 @@ impl Policy for Verify<'_> {
         // Monitor mode marks what it would have done, so an admin can sort and check.
         let v = self.verdict.filter(|_| !self.enforce && self.bounce())?;
         Some(format!("X-BATV: {}; reason={}; mode=monitor\r\n", verdict_name(v), self.reason).into_bytes())
+    }
+
+    fn inspect(&mut self) -> Option<usize> {
+        // Only mail to an address that bounces must not reach untagged: a bounce of mail
+        // this address never sent, from a sender that did not use the null path.
+        let check = self.settings.data_check?;
+        (!self.bounce() && self.untagged_rcpt.is_some() && !self.trusted_client).then_some(check.limit)
+    }
+
+    fn content(&mut self, head: &mut Vec<u8>, complete: bool) -> Result<Option<Vec<u8>>, Reply> {
+        let Some(check) = self.settings.data_check else {
+            return Ok(None);
+        };
+        // Only our header may speak for us: forged ones go.
+        remove_fields(head, b"X-BATV");
+        let report = bounce::inspect(head, head.len(), false);
+        let rcpt = self.tagged_rcpt.as_deref().or(self.untagged_rcpt.as_deref());
+        let verdict = bounce::judge(&report, rcpt, &self.keys, &self.settings.protected, self.today);
+        let c = &self.shared.counters;
+        if let Some(i) = DATA_CHECK_VERDICTS.iter().position(|v| *v == verdict.name()) {
+            c.data_checks[i].fetch_add(1, Ordering::Relaxed);
+        }
+        let backscatter = matches!(verdict, CheckVerdict::Backscatter(_));
+        let action = match (backscatter, check.refuse, self.enforce) {
+            (true, true, true) => "refused",
+            (true, true, false) => "marked-monitor",
+            _ if verdict == CheckVerdict::NotABounce => "relayed",
+            _ => "marked",
+        };
+        eprintln!(
+            "batv-proxy: session={:x} client={} sender=<{}> rcpt=<{}> check=data verdict={} reason={} kind={} original_sender=<{}> inspected={}{} action={action}",
+            self.session,
+            self.client,
+            self.sender.as_deref().unwrap_or("").escape_debug(),
+            rcpt.unwrap_or("").escape_debug(),
+            verdict.name(),
+            verdict.reason(),
+            report.kind.name(),
+            report.original_sender.as_deref().unwrap_or("").escape_debug(),
+            head.len(),
+            if complete { "" } else { "+" },
+        );
+        if action == "refused" {
+            c.refused_transactions.fetch_add(1, Ordering::Relaxed);
+            return Err(Reply::new(
+                550,
+                "5.7.1",
+                "Backscatter refused: this bounces a message this address never sent (BATV)",
+            ));
+        }
+        if verdict == CheckVerdict::NotABounce {
+            return Ok(None);
+        }
+        let monitor = if action == "marked-monitor" { "; mode=monitor" } else { "" };
+        Ok(Some(
+            format!(
+                "X-BATV: {}; reason={}; kind={}{monitor}\r\n",
+                verdict.name(),
+                verdict.reason(),
+                report.kind.name()
+            )
+            .into_bytes(),
+        ))
     }
 
     fn finished(&mut self, reply: &Reply) {
@@ -545,6 +652,43 @@ impl Policy for Verify<'_> {
         self.verdict = None;
         self.pending = None;
         self.reason = "";
+        self.untagged_rcpt = None;
+        self.tagged_rcpt = None;
+        self.pending_rcpt = None;
+    }
+}
+
+/// Remove the header fields called `name` (with their continuation lines) from the
+/// header section at the start of `head`. A field is removed only when its end is within
+/// `head` (the line after it has begun), so no part of one is ever left behind.
+pub fn remove_fields(head: &mut Vec<u8>, name: &[u8]) {
+    let mut out = Vec::new();
+    let mut kept_to = 0;
+    let mut at = 0;
+    let mut field: Option<(usize, bool)> = None; // (start, remove)
+    while at < head.len() {
+        let Some(nl) = head[at..].iter().position(|&b| b == b'\n') else {
+            break;
+        };
+        let line = &head[at..at + nl + 1];
+        let continuation = matches!(line[0], b' ' | b'\t');
+        if !continuation {
+            if let Some((start, true)) = field.take() {
+                out.extend_from_slice(&head[kept_to..start]);
+                kept_to = at;
+            }
+            if line == b"\r\n" || line == b"\n" {
+                break;
+            }
+            let colon = line.iter().position(|&b| b == b':');
+            let remove = colon.is_some_and(|c| line[..c].trim_ascii_end().eq_ignore_ascii_case(name));
+            field = Some((at, remove));
+        }
+        at += nl + 1;
+    }
+    if kept_to > 0 {
+        out.extend_from_slice(&head[kept_to..]);
+        *head = out;
     }
 }
 
@@ -885,6 +1029,28 @@ pub async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn forged_batv_fields_are_removed_from_the_header_only() {
+        let strip = |s: &str| {
+            let mut v = s.as_bytes().to_vec();
+            remove_fields(&mut v, b"X-BATV");
+            String::from_utf8(v).unwrap()
+        };
+        assert_eq!(
+            strip("X-BATV: bounce-with-valid-tag\r\nFrom: a@b\r\nx-batv : valid;\r\n\tfolded\r\nTo: c@d\r\n\r\nX-BATV: body\r\n"),
+            "From: a@b\r\nTo: c@d\r\n\r\nX-BATV: body\r\n"
+        );
+        assert_eq!(strip("From: a@b\r\nX-BATV: last\r\n\r\nbody"), "From: a@b\r\n\r\nbody");
+        // Cut inside the field, or before we know it has no more lines: it stays whole.
+        assert_eq!(strip("From: a@b\r\nX-BATV: cut"), "From: a@b\r\nX-BATV: cut");
+        assert_eq!(strip("From: a@b\r\nX-BATV: x\r\n"), "From: a@b\r\nX-BATV: x\r\n");
+        assert_eq!(
+            strip("X-BATVX: no\r\nX-BATV-Other: no\r\n\r\n"),
+            "X-BATVX: no\r\nX-BATV-Other: no\r\n\r\n"
+        );
+        assert_eq!(strip(""), "");
+    }
 
     #[test]
     fn xforward_addresses() {

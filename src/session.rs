@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncBufRead, AsyncWrite, AsyncWriteExt};
 
-use crate::smtp::{self, DataEnd, Line, Reply, SmtpError};
+use crate::smtp::{self, DataEnd, DataScan, Line, Reply, SmtpError};
 
 /// What to do with a MAIL or RCPT command.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,6 +41,18 @@ pub trait Policy {
     /// Header lines (each ending in CRLF) to put in front of the message being relayed.
     fn header(&mut self) -> Option<Vec<u8>> {
         None
+    }
+    /// DATA or the first BDAT, not refused by [`Policy::data`]: `Some(n)` holds back the
+    /// message's first `n` octets for [`Policy::content`] before the downstream sees any.
+    fn inspect(&mut self) -> Option<usize> {
+        None
+    }
+    /// The message's first octets, as asked for by [`Policy::inspect`], in wire form (CRLF
+    /// lines, still dot-stuffed after DATA); all of it, without DATA's terminating line, if
+    /// `complete`. The policy may rewrite whole lines of it (drop a forged header field).
+    /// `Err` refuses the transaction; `Ok(Some(h))` puts header lines in front.
+    fn content(&mut self, _head: &mut Vec<u8>, _complete: bool) -> Result<Option<Vec<u8>>, Reply> {
+        Ok(None)
     }
     /// The downstream's final reply to a message (end of DATA, BDAT LAST).
     fn finished(&mut self, _reply: &Reply) {}
@@ -202,6 +214,8 @@ pub struct Session<'p, CR, CW, DR, DW, P: Policy> {
     recipients: usize,
     /// A BDAT transaction has started (its header, if any, was sent).
     chunking: bool,
+    /// BDAT octets held for [`Policy::content`], and how many it asked for.
+    held: Option<(Vec<u8>, usize)>,
 }
 
 impl<'p, CR, CW, DR, DW, P> Session<'p, CR, CW, DR, DW, P>
@@ -227,6 +241,7 @@ where
             errors: 0,
             recipients: 0,
             chunking: false,
+            held: None,
         }
     }
 
@@ -432,6 +447,7 @@ where
     fn end_transaction(&mut self) {
         self.recipients = 0;
         self.chunking = false;
+        self.held = None;
         self.policy.reset();
     }
 
@@ -463,8 +479,15 @@ where
 
     /// DATA: refused by the policy, or relayed with the downstream's final reply.
     async fn data(&mut self, line: &[u8]) -> Result<(), SmtpError> {
+        if self.held.is_some() {
+            // BDAT chunks are held here and the downstream has seen none: it cannot say so.
+            return self.reply_client(&Reply::new(503, "5.5.1", "DATA after BDAT")).await;
+        }
         if let Some(refusal) = self.policy.data() {
             return self.refuse_transaction(&refusal).await;
+        }
+        if let Some(limit) = self.policy.inspect() {
+            return self.data_held(line, limit).await;
         }
         let reply = self.exchange(line, "waiting for the reply to DATA").await?;
         self.reply_client(&reply).await?;
@@ -479,7 +502,65 @@ where
             DataEnd::Complete { .. } => {}
             // The terminator never went downstream: dropping the connection makes the
             // downstream discard the partial message.
+            DataEnd::Incomplete | DataEnd::Paused => return Err(SmtpError::ClientClosed("during DATA")),
+        }
+        self.finish_message().await
+    }
+
+    /// DATA with the message's first octets held for the policy: the client gets our 354,
+    /// and the downstream gets DATA only once the policy has let the message through, so a
+    /// refusal never leaves a message half-sent (only a closed connection aborts DATA).
+    async fn data_held(&mut self, line: &[u8], limit: usize) -> Result<(), SmtpError> {
+        self.reply_client(&Reply::new(354, "", "End data with <CR><LF>.<CR><LF>")).await?;
+        let idle = self.limits.data;
+        let mut scan = DataScan::default();
+        let mut head = Vec::with_capacity(limit.min(64 * 1024));
+        let complete = match scan.relay(&mut self.client_r, &mut head, idle, limit as u64).await? {
+            DataEnd::Complete { .. } => {
+                // The terminator (".\r\n" at a line start) is ours to write.
+                head.truncate(head.len().saturating_sub(3));
+                true
+            }
+            DataEnd::Paused => false,
             DataEnd::Incomplete => return Err(SmtpError::ClientClosed("during DATA")),
+        };
+        let added = match self.policy.content(&mut head, complete) {
+            Ok(h) => h,
+            Err(refusal) => {
+                if !complete && scan.relay(&mut self.client_r, &mut tokio::io::sink(), idle, u64::MAX).await? == DataEnd::Incomplete {
+                    return Err(SmtpError::ClientClosed("during DATA"));
+                }
+                return self.refuse_transaction(&refusal).await;
+            }
+        };
+        let reply = self.exchange(line, "waiting for the reply to DATA").await?;
+        if reply.code != 354 {
+            // The client is sending its message: it is read to the end, and the
+            // downstream's refusal becomes the final reply (never a 2xx it did not mean).
+            if !complete && scan.relay(&mut self.client_r, &mut tokio::io::sink(), idle, u64::MAX).await? == DataEnd::Incomplete {
+                return Err(SmtpError::ClientClosed("during DATA"));
+            }
+            let reply = if reply.code >= 400 {
+                reply
+            } else {
+                Reply::new(451, "4.3.0", "The next hop did not take the data, try again later")
+            };
+            self.exchange(b"RSET\r\n", "waiting for the reply to RSET").await?;
+            self.end_transaction();
+            return self.reply_client(&reply).await;
+        }
+        let mut out = self.policy.header().unwrap_or_default();
+        out.extend(added.unwrap_or_default());
+        out.extend_from_slice(&head);
+        if complete {
+            out.extend_from_slice(b".\r\n");
+        }
+        self.down_w.write_all(&out).await.map_err(SmtpError::Downstream)?;
+        if complete {
+            self.down_w.flush().await.map_err(SmtpError::Downstream)?;
+        } else if scan.relay(&mut self.client_r, &mut self.down_w, idle, u64::MAX).await? == DataEnd::Incomplete {
+            // No terminator went downstream: closing makes it discard the partial message.
+            return Err(SmtpError::ClientClosed("during DATA"));
         }
         self.finish_message().await
     }
@@ -508,7 +589,9 @@ where
         }
         if !self.chunking {
             self.chunking = true;
-            if let Some(h) = self.policy.header() {
+            if let Some(limit) = self.policy.inspect() {
+                self.held = Some((Vec::with_capacity(limit.min(64 * 1024)), limit));
+            } else if let Some(h) = self.policy.header() {
                 let mut chunk = format!("BDAT {}\r\n", h.len()).into_bytes();
                 chunk.extend_from_slice(&h);
                 let reply = self.exchange(&chunk, "waiting for the reply to BDAT").await?;
@@ -521,8 +604,71 @@ where
                 }
             }
         }
+        if let Some((head, limit)) = self.held.take() {
+            return self.bdat_held(size, last, head, limit).await;
+        }
         smtp::send(&mut self.down_w, line).await.map_err(SmtpError::Downstream)?;
         if !smtp::relay_exact(&mut self.client_r, &mut self.down_w, size, self.limits.data).await? {
+            return Err(SmtpError::ClientClosed("during BDAT"));
+        }
+        if last {
+            return self.finish_message().await;
+        }
+        let reply = self.down_reply("waiting for the reply to BDAT").await?;
+        if !reply.is_positive() {
+            self.end_transaction();
+        }
+        self.reply_client(&reply).await
+    }
+
+    /// A BDAT chunk while the message's first octets are held for the policy: chunks are
+    /// gathered (each acknowledged by us; only the last one's reply accepts a message) until
+    /// the policy has what it asked for, then go downstream as one chunk behind its header.
+    async fn bdat_held(&mut self, size: u64, last: bool, mut head: Vec<u8>, limit: usize) -> Result<(), SmtpError> {
+        let idle = self.limits.data;
+        let take = size.min(limit.saturating_sub(head.len()) as u64);
+        if !smtp::relay_exact(&mut self.client_r, &mut head, take, idle).await? {
+            return Err(SmtpError::ClientClosed("during BDAT"));
+        }
+        let rest = size - take;
+        let complete = last && rest == 0;
+        if !last && rest == 0 && head.len() < limit {
+            self.held = Some((head, limit));
+            return self
+                .reply_client(&Reply::new(250, "2.0.0", &format!("{size} octets received")))
+                .await;
+        }
+        let added = match self.policy.content(&mut head, complete) {
+            Ok(h) => h,
+            Err(refusal) => {
+                if !smtp::discard_exact(&mut self.client_r, rest, idle).await? {
+                    return Err(SmtpError::ClientClosed("during BDAT"));
+                }
+                return self.refuse_transaction(&refusal).await;
+            }
+        };
+        let mut chunk = self.policy.header().unwrap_or_default();
+        chunk.extend(added.unwrap_or_default());
+        chunk.extend_from_slice(&head);
+        let mut out = format!("BDAT {}{}\r\n", chunk.len(), if complete { " LAST" } else { "" }).into_bytes();
+        out.extend_from_slice(&chunk);
+        smtp::send(&mut self.down_w, &out).await.map_err(SmtpError::Downstream)?;
+        if complete {
+            return self.finish_message().await;
+        }
+        let reply = self.down_reply("waiting for the reply to BDAT").await?;
+        if !reply.is_positive() || rest == 0 {
+            if !reply.is_positive() {
+                if !smtp::discard_exact(&mut self.client_r, rest, idle).await? {
+                    return Err(SmtpError::ClientClosed("during BDAT"));
+                }
+                self.end_transaction();
+            }
+            return self.reply_client(&reply).await;
+        }
+        let line = format!("BDAT {rest}{}\r\n", if last { " LAST" } else { "" });
+        smtp::send(&mut self.down_w, line.as_bytes()).await.map_err(SmtpError::Downstream)?;
+        if !smtp::relay_exact(&mut self.client_r, &mut self.down_w, rest, idle).await? {
             return Err(SmtpError::ClientClosed("during BDAT"));
         }
         if last {

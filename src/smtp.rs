@@ -192,58 +192,93 @@ pub enum DataEnd {
     Complete { bytes: u64 },
     /// The client closed or timed out first; the terminator was NOT sent.
     Incomplete,
+    /// The octet budget was reached before the end: call [`DataScan::relay`] again to go on.
+    Paused,
 }
 
-/// Relay a DATA stream from `client` to `down` until the lone `.` line, which is relayed
-/// too. Bytes pass unchanged, except that a bare LF becomes CRLF, so that the proxy and the
-/// downstream agree on where lines (and the message) end: a stray `\n.\n` cannot end the
-/// message for one and not the other (SMTP smuggling). Memory use is the reader's buffer.
-/// `tap`, if given, sees the relayed bytes (for a header check).
+/// A DATA stream being relayed, possibly in stages (a first part held for inspection,
+/// then the rest). Bytes pass unchanged, except that a bare LF becomes CRLF, so that the
+/// proxy and the downstream agree on where lines (and the message) end: a stray `\n.\n`
+/// cannot end the message for one and not the other (SMTP smuggling). Memory use is the
+/// reader's buffer.
+pub struct DataScan {
+    state: Scan,
+    total: u64,
+}
+
+impl Default for DataScan {
+    fn default() -> Self {
+        DataScan {
+            state: Scan::LineStart,
+            total: 0,
+        }
+    }
+}
+
+impl DataScan {
+    /// Relay from `client` to `down` until the lone `.` line, which is relayed too, or until
+    /// `budget` more client octets have been read ([`DataEnd::Paused`]).
+    pub async fn relay<R, W>(&mut self, client: &mut R, down: &mut W, idle: Duration, budget: u64) -> Result<DataEnd, SmtpError>
+    where
+        R: AsyncBufRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        let mut out: Vec<u8> = Vec::with_capacity(16 * 1024);
+        let mut left = budget;
+        loop {
+            if left == 0 {
+                return Ok(DataEnd::Paused);
+            }
+            let avail = match tokio::time::timeout(idle, client.fill_buf()).await {
+                Ok(r) => r?,
+                Err(_) => return Ok(DataEnd::Incomplete),
+            };
+            if avail.is_empty() {
+                return Ok(DataEnd::Incomplete);
+            }
+            let avail = &avail[..avail.len().min(usize::try_from(left).unwrap_or(usize::MAX))];
+            out.clear();
+            let mut consumed = avail.len();
+            let mut finished = false;
+            let mut state = self.state;
+            for (i, &b) in avail.iter().enumerate() {
+                if b == b'\n' && !matches!(state, Scan::Cr | Scan::DotCr) {
+                    out.push(b'\r');
+                }
+                out.push(b);
+                state = match (state, b) {
+                    (Scan::Dot | Scan::DotCr, b'\n') => {
+                        finished = true;
+                        consumed = i + 1;
+                        break;
+                    }
+                    (_, b'\n') => Scan::LineStart,
+                    (Scan::LineStart, b'.') => Scan::Dot,
+                    (Scan::Dot, b'\r') => Scan::DotCr,
+                    (_, b'\r') => Scan::Cr,
+                    _ => Scan::InLine,
+                };
+            }
+            self.state = state;
+            client.consume(consumed);
+            left -= consumed as u64;
+            self.total += out.len() as u64;
+            down.write_all(&out).await.map_err(SmtpError::Downstream)?;
+            if finished {
+                down.flush().await.map_err(SmtpError::Downstream)?;
+                return Ok(DataEnd::Complete { bytes: self.total });
+            }
+        }
+    }
+}
+
+/// Relay a whole DATA stream (see [`DataScan`]).
 pub async fn relay_data<R, W>(client: &mut R, down: &mut W, idle: Duration) -> Result<DataEnd, SmtpError>
 where
     R: AsyncBufRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut state = Scan::LineStart;
-    let mut out: Vec<u8> = Vec::with_capacity(16 * 1024);
-    let mut total = 0u64;
-    loop {
-        let avail = match tokio::time::timeout(idle, client.fill_buf()).await {
-            Ok(r) => r?,
-            Err(_) => return Ok(DataEnd::Incomplete),
-        };
-        if avail.is_empty() {
-            return Ok(DataEnd::Incomplete);
-        }
-        out.clear();
-        let mut consumed = avail.len();
-        let mut finished = false;
-        for (i, &b) in avail.iter().enumerate() {
-            if b == b'\n' && !matches!(state, Scan::Cr | Scan::DotCr) {
-                out.push(b'\r');
-            }
-            out.push(b);
-            state = match (state, b) {
-                (Scan::Dot | Scan::DotCr, b'\n') => {
-                    finished = true;
-                    consumed = i + 1;
-                    break;
-                }
-                (_, b'\n') => Scan::LineStart,
-                (Scan::LineStart, b'.') => Scan::Dot,
-                (Scan::Dot, b'\r') => Scan::DotCr,
-                (_, b'\r') => Scan::Cr,
-                _ => Scan::InLine,
-            };
-        }
-        client.consume(consumed);
-        total += out.len() as u64;
-        down.write_all(&out).await.map_err(SmtpError::Downstream)?;
-        if finished {
-            down.flush().await.map_err(SmtpError::Downstream)?;
-            return Ok(DataEnd::Complete { bytes: total });
-        }
-    }
+    DataScan::default().relay(client, down, idle, u64::MAX).await
 }
 
 /// Relay exactly `n` octets (a BDAT chunk) from `client` to `down`. Returns false if the

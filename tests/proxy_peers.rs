@@ -5,12 +5,13 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::peers::*;
 use common::proxy::*;
 use common::require;
 
@@ -19,60 +20,6 @@ const MONITOR_VALID: &str = "X-BATV: bounce-ok; reason=valid; mode=monitor\r\n";
 /// What `bounce()` sends as the message.
 const BOUNCE_BODY: &str = "Subject: Undeliverable\r\n\r\nYour message could not be delivered.\r\n";
 
-/// A raw SMTP client: one command, one complete reply.
-struct Client {
-    w: TcpStream,
-    r: BufReader<TcpStream>,
-}
-
-impl Client {
-    fn connect(addr: &str) -> Client {
-        let s = TcpStream::connect(addr).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        s.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
-        Client {
-            r: BufReader::new(s.try_clone().unwrap()),
-            w: s,
-        }
-    }
-
-    fn send(&mut self, bytes: &[u8]) {
-        self.w.write_all(bytes).unwrap();
-    }
-
-    /// One complete (possibly multi-line) reply; "" at end of stream or on a read error.
-    fn reply(&mut self) -> String {
-        let mut out = String::new();
-        loop {
-            let mut line = Vec::new();
-            match self.r.read_until(b'\n', &mut line) {
-                Ok(0) | Err(_) => return out,
-                Ok(_) => {}
-            }
-            out.push_str(&String::from_utf8_lossy(&line));
-            if line.len() < 4 || line[3] != b'-' {
-                return out;
-            }
-        }
-    }
-
-    fn cmd(&mut self, line: &str) -> String {
-        self.send(format!("{line}\r\n").as_bytes());
-        self.reply()
-    }
-
-    /// Everything until the server closes (or the read timeout).
-    fn rest(&mut self) -> String {
-        let mut v = Vec::new();
-        let _ = self.r.read_to_end(&mut v);
-        String::from_utf8_lossy(&v).into_owned()
-    }
-}
-
-fn code(reply: &str) -> u16 {
-    reply.get(..3).and_then(|c| c.parse().ok()).unwrap_or(0)
-}
-
 /// The bytes aiosmtpd's sink recorded (latin-1 text, one char per byte).
 fn sink_data(m: &serde_json::Value) -> Vec<u8> {
     m["data"]
@@ -80,13 +27,6 @@ fn sink_data(m: &serde_json::Value) -> Vec<u8> {
         .unwrap()
         .chars()
         .map(|c| u8::try_from(u32::from(c)).unwrap())
-        .collect()
-}
-
-fn unhex(s: &str) -> Vec<u8> {
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
         .collect()
 }
 
@@ -109,92 +49,9 @@ fn forge(tagged: &str) -> String {
     format!("{}{c}{}", &tagged[..10], &tagged[11..])
 }
 
-fn log(p: &Proxy) -> String {
-    p.log.lock().unwrap().clone()
-}
-
-/// Wait until the proxy's log holds `needle` at least `n` times.
-fn wait_log(p: &Proxy, needle: &str, n: usize) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while log(p).matches(needle).count() < n {
-        assert!(Instant::now() < deadline, "no {needle:?} (x{n}) in the log: {}", log(p));
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 fn sighup(p: &Proxy) {
     let pid = i32::try_from(p.child.id()).unwrap();
     assert_eq!(unsafe { libc::kill(pid, libc::SIGHUP) }, 0);
-}
-
-fn python() -> bool {
-    require("/usr/bin/python3", Path::new("/usr/bin/python3").exists())
-}
-
-/// tests/peers/chunking_sink.py: a raw-socket downstream with CHUNKING; stopped when dropped.
-struct ChunkSink {
-    child: Child,
-    port: u16,
-    record: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl ChunkSink {
-    fn start(options: &[&str]) -> Option<ChunkSink> {
-        if !python() {
-            return None;
-        }
-        let dir = tempfile::tempdir().unwrap();
-        let record = dir.path().join("chunking.jsonl");
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers/chunking_sink.py");
-        let mut child = Command::new("/usr/bin/python3")
-            .arg(script)
-            .arg(&record)
-            .arg("60")
-            .args(options)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        let port = line
-            .trim()
-            .strip_prefix("PORT ")
-            .expect("chunking_sink did not start")
-            .parse()
-            .unwrap();
-        Some(ChunkSink {
-            child,
-            port,
-            record,
-            _dir: dir,
-        })
-    }
-
-    fn forward(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    /// The recorded messages, once there are `n` (or after 5 s).
-    fn messages(&self, n: usize) -> Vec<serde_json::Value> {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            let text = std::fs::read_to_string(&self.record).unwrap_or_default();
-            let v: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-            if v.len() >= n || Instant::now() > deadline {
-                return v;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for ChunkSink {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// Run a peer program with a hard time limit (coreutils `timeout`): (exit code, stdout+stderr).

@@ -73,5 +73,6 @@ impl Drop for Sink {
         let _ = self.child.wait();
     }
 }
+pub mod peers;
 pub mod postfix;
 pub mod proxy;

@@ -1,0 +1,154 @@
+//! Raw SMTP peers for the proxy tests: a line-level client and tests/peers/chunking_sink.py.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::proxy::Proxy;
+use super::require;
+
+/// A raw SMTP client: one command, one complete reply.
+pub struct Client {
+    w: TcpStream,
+    r: BufReader<TcpStream>,
+}
+
+impl Client {
+    pub fn connect(addr: &str) -> Client {
+        let s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
+        Client {
+            r: BufReader::new(s.try_clone().unwrap()),
+            w: s,
+        }
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.w.write_all(bytes).unwrap();
+    }
+
+    /// One complete (possibly multi-line) reply; "" at end of stream or on a read error.
+    pub fn reply(&mut self) -> String {
+        let mut out = String::new();
+        loop {
+            let mut line = Vec::new();
+            match self.r.read_until(b'\n', &mut line) {
+                Ok(0) | Err(_) => return out,
+                Ok(_) => {}
+            }
+            out.push_str(&String::from_utf8_lossy(&line));
+            if line.len() < 4 || line[3] != b'-' {
+                return out;
+            }
+        }
+    }
+
+    pub fn cmd(&mut self, line: &str) -> String {
+        self.send(format!("{line}\r\n").as_bytes());
+        self.reply()
+    }
+
+    /// Everything until the server closes (or the read timeout).
+    pub fn rest(&mut self) -> String {
+        let mut v = Vec::new();
+        let _ = self.r.read_to_end(&mut v);
+        String::from_utf8_lossy(&v).into_owned()
+    }
+}
+
+pub fn code(reply: &str) -> u16 {
+    reply.get(..3).and_then(|c| c.parse().ok()).unwrap_or(0)
+}
+
+pub fn unhex(s: &str) -> Vec<u8> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+pub fn log(p: &Proxy) -> String {
+    p.log.lock().unwrap().clone()
+}
+
+/// Wait until the proxy's log holds `needle` at least `n` times.
+pub fn wait_log(p: &Proxy, needle: &str, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while log(p).matches(needle).count() < n {
+        assert!(Instant::now() < deadline, "no {needle:?} (x{n}) in the log: {}", log(p));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub fn python() -> bool {
+    require("/usr/bin/python3", Path::new("/usr/bin/python3").exists())
+}
+
+/// tests/peers/chunking_sink.py: a raw-socket downstream with CHUNKING; stopped when dropped.
+pub struct ChunkSink {
+    child: Child,
+    pub port: u16,
+    record: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl ChunkSink {
+    pub fn start(options: &[&str]) -> Option<ChunkSink> {
+        if !python() {
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let record = dir.path().join("chunking.jsonl");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers/chunking_sink.py");
+        let mut child = Command::new("/usr/bin/python3")
+            .arg(script)
+            .arg(&record)
+            .arg("60")
+            .args(options)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let port = line
+            .trim()
+            .strip_prefix("PORT ")
+            .expect("chunking_sink did not start")
+            .parse()
+            .unwrap();
+        Some(ChunkSink {
+            child,
+            port,
+            record,
+            _dir: dir,
+        })
+    }
+
+    pub fn forward(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// The recorded messages, once there are `n` (or after 5 s).
+    pub fn messages(&self, n: usize) -> Vec<serde_json::Value> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let text = std::fs::read_to_string(&self.record).unwrap_or_default();
+            let v: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+            if v.len() >= n || Instant::now() > deadline {
+                return v;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for ChunkSink {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
