@@ -48,6 +48,10 @@ struct TestPolicy {
     resets: u32,
     /// The downstream accepted a recipient since the last reset.
     rcpt_ok: bool,
+    /// Hold this many octets of each message for `content` (the proxy's DATA check).
+    inspect: Option<usize>,
+    /// What `content` was given: (octets held, complete).
+    inspected: Vec<(Vec<u8>, bool)>,
 }
 
 fn contains_ci(hay: &[u8], needle: &str) -> bool {
@@ -129,6 +133,18 @@ impl Policy for TestPolicy {
             h.extend_from_slice(format!("{}\r\n", self.headers_given).as_bytes());
             h
         })
+    }
+
+    fn inspect(&mut self) -> Option<usize> {
+        self.inspect.filter(|_| self.rcpt_ok)
+    }
+
+    fn content(&mut self, head: &mut Vec<u8>, complete: bool) -> Result<Option<Vec<u8>>, Reply> {
+        self.inspected.push((head.clone(), complete));
+        if contains_ci(head, "refuse") {
+            return Err(Reply::new(550, "5.7.1", "Content refused"));
+        }
+        Ok(None)
     }
 
     fn reset(&mut self) {
@@ -668,6 +684,8 @@ struct Opts {
     header_mode: u8,
     /// Capacity of the client's read buffer: where reads split the input.
     chunk: usize,
+    /// The policy holds this many octets of each message for inspection.
+    inspect: Option<usize>,
 }
 
 impl Default for Opts {
@@ -677,6 +695,7 @@ impl Default for Opts {
             starttls: false,
             header_mode: 0,
             chunk: 8192,
+            inspect: None,
         }
     }
 }
@@ -709,6 +728,7 @@ fn run_session(input: &[u8], opts: Opts) -> Outcome {
         };
         let fake = tokio::spawn(fake.run());
         let mut policy = TestPolicy::new(opts.header_mode);
+        policy.inspect = opts.inspect;
         let mut client_out = Vec::new();
         let (result, mut dr, mut dw) = {
             let client_r = BufReader::with_capacity(opts.chunk.max(1), input);
@@ -870,7 +890,13 @@ fn check(input: &[u8], opts: Opts, o: &Outcome) -> Result<(), String> {
                 return Err(format!("reply #{t} duplicated or out of order (after #{last_tag})"));
             }
             last_tag = t;
-        } else if !matches!(r.code, 220 | 421 | 452 | 454 | 500 | 501 | 502 | 530 | 550) {
+        } else if !matches!(r.code, 220 | 421 | 452 | 454 | 500 | 501 | 502 | 530 | 550)
+            // Holding a message for inspection: our go-ahead for DATA, our receipt for a held
+            // BDAT chunk (never for a whole message: see 6b), DATA between held chunks, and a
+            // 451 when the downstream did not take DATA after all.
+            && !(opts.inspect.is_some()
+                && (r.code == 354 || r.code == 503 || r.code == 451 || r.code == 250 && r.lines[0].ends_with(b"octets received")))
+        {
             return Err(format!(
                 "a reply of the session's own with code {}: {:?}",
                 r.code,
@@ -932,6 +958,28 @@ fn check(input: &[u8], opts: Opts, o: &Outcome) -> Result<(), String> {
         }
     }
 
+    // 6b. A message the policy refused on its first octets never reaches the downstream,
+    //     and the session's own chunk receipts answer only BDAT chunks that are not LAST.
+    for (head, _) in o.policy.inspected.iter().filter(|(h, _)| contains_ci(h, "refuse")) {
+        for m in o.down.messages.iter().filter(|m| m.complete) {
+            let all = m.chunks.concat();
+            if strip_header(&all).0.starts_with(head) {
+                return Err(format!("a message refused on {:?} reached the downstream", show(head)));
+            }
+        }
+    }
+    let receipts = replies
+        .iter()
+        .filter(|r| r.tag.is_none() && r.code == 250 && r.lines[0].ends_with(b"octets received"))
+        .count();
+    let chunks = input
+        .split(|&b| b == b'\n')
+        .filter(|l| l.len() >= 5 && l[..5].eq_ignore_ascii_case(b"BDAT ") && !contains_ci(l, "LAST"))
+        .count();
+    if receipts > chunks {
+        return Err(format!("{receipts} chunk receipts for {chunks} BDAT chunks that are not LAST"));
+    }
+
     // 7. Complete messages are faithful copies of what the client sent, in order (bare LF
     //    normalised for DATA, byte-exact for BDAT): in particular a message the client cut
     //    off never gets a terminator the client did not send. The policy's header is in
@@ -939,6 +987,10 @@ fn check(input: &[u8], opts: Opts, o: &Outcome) -> Result<(), String> {
     let norm = normalise(input);
     let (mut data_at, mut bdat_at) = (0, 0);
     for m in o.down.messages.iter() {
+        if m.bdat && opts.inspect.is_some() {
+            // Held chunks go on joined: 6b and the downstream's checks cover them.
+            continue;
+        }
         if m.bdat {
             for (i, c) in m.chunks.iter().enumerate() {
                 let is_header = i == 0 && c.starts_with(HEADER_PREFIX) && c.ends_with(b"\r\n");
@@ -1036,14 +1088,20 @@ fn run_strict(input: &[u8], opts: Opts) -> Result<Outcome, String> {
 // Generators.
 
 fn opts() -> impl Strategy<Value = Opts> {
-    (any::<bool>(), any::<bool>(), 0u8..3, prop_oneof![Just(8192usize), 1usize..64]).prop_map(|(front, starttls, header_mode, chunk)| {
-        Opts {
+    (
+        any::<bool>(),
+        any::<bool>(),
+        0u8..3,
+        prop_oneof![Just(8192usize), 1usize..64],
+        prop_oneof![Just(None), (1usize..40).prop_map(Some)],
+    )
+        .prop_map(|(front, starttls, header_mode, chunk, inspect)| Opts {
             front,
             starttls,
             header_mode,
             chunk,
-        }
-    })
+            inspect,
+        })
 }
 
 const WORDS: &[&str] = &[
@@ -1150,6 +1208,7 @@ fn body_line() -> impl Strategy<Value = Vec<u8>> {
         Just(b"bare\rcr\r\n".to_vec()),
         Just(b".\rx\r\n".to_vec()),
         Just(b"MAIL FROM:<in@body>\r\n".to_vec()),
+        Just(b"X-Test: refuse me\r\n".to_vec()),
         prop::collection::vec(any::<u8>(), 0..40).prop_map(|mut v| {
             v.extend_from_slice(b"\r\n");
             v
@@ -1464,6 +1523,7 @@ const FRONT: Opts = Opts {
     starttls: false,
     header_mode: 0,
     chunk: 8192,
+    inspect: None,
 };
 
 #[test]
