@@ -77,7 +77,14 @@ enforcing. One key=value line per decision goes to stderr. SIGUSR1 prints counte
 verdict and per key id (also served as Prometheus text on metrics_listen). SIGHUP reloads
 configuration, certificate and keys without touching running sessions (the keys also when
 their directory changes; a bad new file keeps the old one); SIGTERM stops accepting and
-lets sessions finish. The proxy never creates a key: without one it exits 78.";
+lets sessions finish. The proxy never creates a key: without one it exits 78.
+
+Optional DATA check (data_check = true), for backscatter that does not use the null sender
+(broken MTAs, auto-responders, challenge-response systems): mail from any other sender to
+a protected, untagged recipient is held for its first data_check_kib KiB (64) before the
+downstream sees it, and judged as batv check would. A bounce gets an X-BATV: header
+(forged ones are removed); with data_check_refuse = true, backscatter is refused with
+550 5.7.1 instead, and the downstream gets RSET. Auto-replies are only marked.";
 
 const PROXY_DEPLOY: &str = "\
 Deployment:
@@ -212,19 +219,26 @@ because a bounce of backscatter is more backscatter. Malformed messages are neve
 error: they are not bounces, and are delivered.";
 
 const CHECK_EXAMPLES: &str = "\
-Examples:
+Examples (mark with --add-header, then sort on the header: exit 75 must not look like 1):
   procmail (~/.procmailrc):
-    :0 W
-    * ? batv check
-    { }
-    :0 E
+    :0 fw
+    | batv check --add-header
+    :0
+    * ^X-BATV: backscatter
     .Junk.Backscatter/
-  Sieve (Dovecot Pigeonhole, sieve_extprograms):
-    require [\"vnd.dovecot.execute\", \"fileinto\"];
-    if not execute :pipe \"batv-check\" { fileinto \"Backscatter\"; }
-  Postfix pipe: never branch on the exit status (a failure makes Postfix bounce, and a
-  bounce of backscatter is more backscatter): run check --add-header in a filter that
-  hands the message back to Postfix, and sort on the X-BATV: header.";
+  maildrop (~/.mailfilter):
+    xfilter \"batv check --add-header\"
+    if (/^X-BATV: backscatter/)
+      to \"$HOME/Maildir/.Junk.Backscatter/\"
+  Sieve (Dovecot Pigeonhole, sieve_extprograms with sieve_filter_bin_dir holding a
+  batv-check script that runs batv check --add-header):
+    require [\"vnd.dovecot.filter\", \"fileinto\"];
+    filter \"batv-check\";
+    if header :matches \"X-BATV\" \"backscatter;*\" { fileinto \"Junk\"; }
+  Postfix: never branch on the exit status of a pipe(8) command (a failure makes Postfix
+  bounce, and a bounce of backscatter is more backscatter). Use batv proxy with
+  data_check = true (before-queue), or check --add-header in a filter that hands the
+  message back to Postfix, and sort on the X-BATV: header.";
 
 /// Print each ADDRESS without its tag, without checking the tag. Untagged addresses are
 /// printed unchanged. With no ADDRESS, read one per line from stdin.
