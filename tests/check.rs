@@ -209,30 +209,7 @@ fn broken_and_huge_input_is_delivered() {
 
 /// Rows of the public corpus batv gets wrong today: (file, kind wrong, sender wrong). The
 /// test fails when one of them starts to pass, so the list only shrinks.
-const KNOWN_MISSES: &[(&str, bool, bool)] = &[
-    ("arf-24.eml", true, true),
-    ("lhost-apachejames-01.eml", true, true),
-    ("lhost-bigfoot-02.eml", false, true),
-    ("lhost-fml-02.eml", true, false),
-    ("lhost-imailserver-06.eml", false, true),
-    ("lhost-kddi-01.eml", true, true),
-    ("lhost-mailmarshal-02.eml", false, true),
-    ("lhost-mcafee-04.eml", true, true),
-    ("lhost-mfilter-04.eml", false, true),
-    ("lhost-mfilter-05.eml", false, true),
-    ("lhost-postfix-49.eml", false, true),
-    ("lhost-sendgrid-01.eml", false, true),
-    ("lhost-sendgrid-02.eml", false, true),
-    ("lhost-surfcontrol-03.eml", false, true),
-    ("lhost-verizon-01.eml", false, true),
-    ("lhost-verizon-02.eml", true, true),
-    ("lhost-x1-01.eml", false, true),
-    ("lhost-x1-03.eml", false, true),
-    ("lhost-x2-05.eml", true, true),
-    ("lhost-x3-01.eml", false, true),
-    ("lhost-x5-01.eml", false, true),
-    ("lhost-x6-02.eml", true, false),
-];
+const KNOWN_MISSES: &[(&str, bool, bool)] = &[];
 
 #[test]
 fn public_corpus_matches_the_expectations_written_by_reading_it() {
