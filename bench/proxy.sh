@@ -12,6 +12,9 @@
 #   MSG_SIZE=1000   message body size in bytes (smtp-source -l)
 #   BOUNCES=0       skip the extra null-sender row (bounces to a tagged recipient)
 #   STRICT=1        exit 1 if a target is missed (default: report only)
+#   DATA_CHECK=1    run the proxy with data_check = true: every proxied message (from
+#                   sender@remote.example to the untagged rcpt@example.com) is held and
+#                   inspected, the DATA check's worst case
 #   BATV_BIN=PATH   use this binary instead of building target/release/batv
 #   BATV_POSTFIX_ROOT=DIR   unpacked postfix package (default target/postfix/root)
 #
@@ -162,6 +165,7 @@ sign_domains = ["example.com"]
 [proxy]
 # The idle-connection test holds IDLE_CONNS sessions at once (default limit: 1000).
 max_connections = $((idle_conns > 1000 ? 2 * idle_conns : 2000))
+data_check = $([ "${DATA_CHECK:-0}" = 1 ] && echo true || echo false)
 EOT
 # A null-sender message to this address is a genuine bounce: the proxy verifies the tag
 # (one HMAC), strips it and relays; the row shows the cost of the verifying path.

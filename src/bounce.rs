@@ -390,7 +390,7 @@ fn unparsed_multipart<'a>(part: &'a mail_parser::MessagePart<'_>) -> Option<Cow<
 }
 
 /// The largest char boundary at or below `n`.
-fn floor(t: &str, n: usize) -> usize {
+pub(crate) fn floor(t: &str, n: usize) -> usize {
     let mut n = n.min(t.len());
     while !t.is_char_boundary(n) {
         n -= 1;

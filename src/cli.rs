@@ -81,10 +81,11 @@ lets sessions finish. The proxy never creates a key: without one it exits 78.
 
 Optional DATA check (data_check = true), for backscatter that does not use the null sender
 (broken MTAs, auto-responders, challenge-response systems): mail from any other sender to
-a protected, untagged recipient is held for its first data_check_kib KiB (64) before the
-downstream sees it, and judged as batv check would. A bounce gets an X-BATV: header
-(forged ones are removed); with data_check_refuse = true, backscatter is refused with
-550 5.7.1 instead, and the downstream gets RSET. Auto-replies are only marked.";
+a protected, untagged recipient is held for its first data_check_kib KiB (64; at most
+5 s) before the downstream sees it, and judged as batv check would. A bounce gets an
+X-BATV: header (ones in the inspected header are removed); with data_check_refuse = true,
+backscatter is refused with 550 5.7.1 instead, and the downstream gets RSET. Auto-replies
+are only marked.";
 
 const PROXY_DEPLOY: &str = "\
 Deployment:

@@ -353,11 +353,10 @@ pub struct Verify<'a> {
     pending: Option<TxVerdict>,
     reason: &'static str,
     /// For the DATA check (non-null senders): the first accepted recipient that is
-    /// protected and untagged, and the first with a valid tag (as sent).
+    /// protected and untagged (another recipient's tag says nothing about this one).
     untagged_rcpt: Option<String>,
-    tagged_rcpt: Option<String>,
-    /// The recipient being relayed, and whether its tag is valid.
-    pending_rcpt: Option<(String, bool)>,
+    /// The recipient being relayed, if it is such a one.
+    pending_rcpt: Option<String>,
 }
 
 impl<'a> Verify<'a> {
@@ -377,7 +376,6 @@ impl<'a> Verify<'a> {
             pending: None,
             reason: "",
             untagged_rcpt: None,
-            tagged_rcpt: None,
             pending_rcpt: None,
         };
         v.reset();
@@ -459,8 +457,10 @@ impl Policy for Verify<'_> {
             c.stripped.fetch_add(1, Ordering::Relaxed);
         }
         if !self.bounce() {
-            if self.settings.data_check.is_some() && matches!(j.reason, "untagged" | "valid") {
-                self.pending_rcpt = Some((path.to_string(), j.reason == "valid"));
+            // Recipients with a tag, valid or not, are not inspected: a bounce carries
+            // the null sender, and what else reaches a tag is not backscatter.
+            if self.settings.data_check.is_some() && j.reason == "untagged" {
+                self.pending_rcpt = Some(path.to_string());
             }
             return relay;
         }
@@ -517,9 +517,8 @@ impl Policy for Verify<'_> {
         if self.verdict.is_none() {
             self.pending = None;
         }
-        if let Some((rcpt, valid)) = self.pending_rcpt.take().filter(|_| reply.is_positive()) {
-            let slot = if valid { &mut self.tagged_rcpt } else { &mut self.untagged_rcpt };
-            slot.get_or_insert(rcpt);
+        if let Some(rcpt) = self.pending_rcpt.take().filter(|_| reply.is_positive()) {
+            self.untagged_rcpt.get_or_insert(rcpt);
         }
     }
 
@@ -563,9 +562,9 @@ impl Policy for Verify<'_> {
             return Ok(None);
         };
         // Only our header may speak for us: forged ones go.
-        remove_fields(head, b"X-BATV");
+        remove_fields(head, b"X-BATV", complete);
         let report = bounce::inspect(head, head.len(), false);
-        let rcpt = self.tagged_rcpt.as_deref().or(self.untagged_rcpt.as_deref());
+        let rcpt = self.untagged_rcpt.as_deref();
         let verdict = bounce::judge(&report, rcpt, &self.keys, &self.settings.protected, self.today);
         let c = &self.shared.counters;
         if let Some(i) = DATA_CHECK_VERDICTS.iter().position(|v| *v == verdict.name()) {
@@ -587,7 +586,7 @@ impl Policy for Verify<'_> {
             verdict.name(),
             verdict.reason(),
             report.kind.name(),
-            report.original_sender.as_deref().unwrap_or("").escape_debug(),
+            report.original_sender.as_deref().map_or("", |a| &a[..crate::bounce::floor(a, 256)]).escape_debug(),
             head.len(),
             if complete { "" } else { "+" },
         );
@@ -653,15 +652,15 @@ impl Policy for Verify<'_> {
         self.pending = None;
         self.reason = "";
         self.untagged_rcpt = None;
-        self.tagged_rcpt = None;
         self.pending_rcpt = None;
     }
 }
 
 /// Remove the header fields called `name` (with their continuation lines) from the
 /// header section at the start of `head`. A field is removed only when its end is within
-/// `head` (the line after it has begun), so no part of one is ever left behind.
-pub fn remove_fields(head: &mut Vec<u8>, name: &[u8]) {
+/// `head` (the line after it has begun, or `head` is the `complete` message), so no part
+/// of one is ever left behind.
+pub fn remove_fields(head: &mut Vec<u8>, name: &[u8], complete: bool) {
     let mut out = Vec::new();
     let mut kept_to = 0;
     let mut at = 0;
@@ -685,6 +684,10 @@ pub fn remove_fields(head: &mut Vec<u8>, name: &[u8]) {
             field = Some((at, remove));
         }
         at += nl + 1;
+    }
+    if let Some((start, true)) = field.filter(|_| complete && at == head.len()) {
+        out.extend_from_slice(&head[kept_to..start]);
+        kept_to = head.len();
     }
     if kept_to > 0 {
         out.extend_from_slice(&head[kept_to..]);
@@ -1034,7 +1037,7 @@ mod tests {
     fn forged_batv_fields_are_removed_from_the_header_only() {
         let strip = |s: &str| {
             let mut v = s.as_bytes().to_vec();
-            remove_fields(&mut v, b"X-BATV");
+            remove_fields(&mut v, b"X-BATV", false);
             String::from_utf8(v).unwrap()
         };
         assert_eq!(
@@ -1050,6 +1053,13 @@ mod tests {
             "X-BATVX: no\r\nX-BATV-Other: no\r\n\r\n"
         );
         assert_eq!(strip(""), "");
+        // A whole message that ends in its header section: the last field ends with it.
+        let mut v = b"From: a@b\r\nX-BATV: x\r\n\ty\r\n".to_vec();
+        remove_fields(&mut v, b"X-BATV", true);
+        assert_eq!(v, b"From: a@b\r\n");
+        let mut v = b"X-BATV: cut".to_vec();
+        remove_fields(&mut v, b"X-BATV", true);
+        assert_eq!(v, b"X-BATV: cut", "no line end: not a field we can cut cleanly");
     }
 
     #[test]

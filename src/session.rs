@@ -62,6 +62,10 @@ pub trait Policy {
     fn reset(&mut self);
 }
 
+/// The longest a message's first octets are held for the policy before it decides on
+/// what has arrived.
+pub const HOLD: Duration = Duration::from_secs(5);
+
 /// Time and count limits.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -214,8 +218,8 @@ pub struct Session<'p, CR, CW, DR, DW, P: Policy> {
     recipients: usize,
     /// A BDAT transaction has started (its header, if any, was sent).
     chunking: bool,
-    /// BDAT octets held for [`Policy::content`], and how many it asked for.
-    held: Option<(Vec<u8>, usize)>,
+    /// BDAT octets held for [`Policy::content`], how many it asked for, and since when.
+    held: Option<(Vec<u8>, usize, std::time::Instant)>,
 }
 
 impl<'p, CR, CW, DR, DW, P> Session<'p, CR, CW, DR, DW, P>
@@ -479,9 +483,10 @@ where
 
     /// DATA: refused by the policy, or relayed with the downstream's final reply.
     async fn data(&mut self, line: &[u8]) -> Result<(), SmtpError> {
-        if self.held.is_some() {
-            // BDAT chunks are held here and the downstream has seen none: it cannot say so.
-            return self.reply_client(&Reply::new(503, "5.5.1", "DATA after BDAT")).await;
+        if self.chunking {
+            // RFC 3030 §3: not within a BDAT message (whose first chunks may be held here,
+            // unseen by the downstream, which could not say so itself).
+            return self.reply_client(&Reply::new(503, "5.5.1", "DATA within a BDAT message")).await;
         }
         if let Some(refusal) = self.policy.data() {
             return self.refuse_transaction(&refusal).await;
@@ -510,55 +515,67 @@ where
     /// DATA with the message's first octets held for the policy: the client gets our 354,
     /// and the downstream gets DATA only once the policy has let the message through, so a
     /// refusal never leaves a message half-sent (only a closed connection aborts DATA).
+    /// The hold lasts at most [`HOLD`]: the downstream sits idle meanwhile, and its own
+    /// timeout may be short under load (Postfix smtpd_timeout 10 s under stress).
     async fn data_held(&mut self, line: &[u8], limit: usize) -> Result<(), SmtpError> {
         self.reply_client(&Reply::new(354, "", "End data with <CR><LF>.<CR><LF>")).await?;
         let idle = self.limits.data;
         let mut scan = DataScan::default();
         let mut head = Vec::with_capacity(limit.min(64 * 1024));
-        let complete = match scan.relay(&mut self.client_r, &mut head, idle, limit as u64).await? {
-            DataEnd::Complete { .. } => {
+        // Cancel-safe: `relay` changes its state only after a read, and writes to a Vec.
+        let held = tokio::time::timeout(HOLD.min(idle), scan.relay(&mut self.client_r, &mut head, idle, limit as u64)).await;
+        let complete = match held {
+            Ok(Ok(DataEnd::Complete { .. })) => {
                 // The terminator (".\r\n" at a line start) is ours to write.
                 head.truncate(head.len().saturating_sub(3));
                 true
             }
-            DataEnd::Paused => false,
-            DataEnd::Incomplete => return Err(SmtpError::ClientClosed("during DATA")),
+            Ok(Ok(DataEnd::Paused)) | Err(_) => false,
+            Ok(Ok(DataEnd::Incomplete)) => return Err(SmtpError::ClientClosed("during DATA")),
+            Ok(Err(e)) => return Err(e),
         };
-        let added = match self.policy.content(&mut head, complete) {
-            Ok(h) => h,
-            Err(refusal) => {
-                if !complete && scan.relay(&mut self.client_r, &mut tokio::io::sink(), idle, u64::MAX).await? == DataEnd::Incomplete {
-                    return Err(SmtpError::ClientClosed("during DATA"));
+        let (reply, added) = match self.policy.content(&mut head, complete) {
+            Err(refusal) => (refusal, None),
+            Ok(added) => {
+                let reply = self.exchange(line, "waiting for the reply to DATA").await?;
+                if reply.code == 354 {
+                    (reply, added)
+                } else if reply.code >= 400 {
+                    (reply, None)
+                } else {
+                    (
+                        Reply::new(451, "4.3.0", "The next hop did not take the data, try again later"),
+                        None,
+                    )
                 }
-                return self.refuse_transaction(&refusal).await;
             }
         };
-        let reply = self.exchange(line, "waiting for the reply to DATA").await?;
         if reply.code != 354 {
-            // The client is sending its message: it is read to the end, and the
-            // downstream's refusal becomes the final reply (never a 2xx it did not mean).
-            if !complete && scan.relay(&mut self.client_r, &mut tokio::io::sink(), idle, u64::MAX).await? == DataEnd::Incomplete {
-                return Err(SmtpError::ClientClosed("during DATA"));
-            }
-            let reply = if reply.code >= 400 {
-                reply
-            } else {
-                Reply::new(451, "4.3.0", "The next hop did not take the data, try again later")
-            };
+            // Refused (by the policy or the downstream) while the client is still sending:
+            // the downstream is set straight first, then the rest of the message is read
+            // and dropped, and the refusal is the final reply.
             self.exchange(b"RSET\r\n", "waiting for the reply to RSET").await?;
             self.end_transaction();
+            if !complete
+                && !matches!(
+                    scan.relay(&mut self.client_r, &mut tokio::io::sink(), idle, u64::MAX).await?,
+                    DataEnd::Complete { .. }
+                )
+            {
+                return Err(SmtpError::ClientClosed("during DATA"));
+            }
             return self.reply_client(&reply).await;
         }
-        let mut out = self.policy.header().unwrap_or_default();
-        out.extend(added.unwrap_or_default());
-        out.extend_from_slice(&head);
-        if complete {
-            out.extend_from_slice(b".\r\n");
+        for piece in [self.policy.header(), added, Some(head)].into_iter().flatten() {
+            self.down_w.write_all(&piece).await.map_err(SmtpError::Downstream)?;
         }
-        self.down_w.write_all(&out).await.map_err(SmtpError::Downstream)?;
         if complete {
+            self.down_w.write_all(b".\r\n").await.map_err(SmtpError::Downstream)?;
             self.down_w.flush().await.map_err(SmtpError::Downstream)?;
-        } else if scan.relay(&mut self.client_r, &mut self.down_w, idle, u64::MAX).await? == DataEnd::Incomplete {
+        } else if !matches!(
+            scan.relay(&mut self.client_r, &mut self.down_w, idle, u64::MAX).await?,
+            DataEnd::Complete { .. }
+        ) {
             // No terminator went downstream: closing makes it discard the partial message.
             return Err(SmtpError::ClientClosed("during DATA"));
         }
@@ -590,7 +607,7 @@ where
         if !self.chunking {
             self.chunking = true;
             if let Some(limit) = self.policy.inspect() {
-                self.held = Some((Vec::with_capacity(limit.min(64 * 1024)), limit));
+                self.held = Some((Vec::with_capacity(limit.min(64 * 1024)), limit, std::time::Instant::now()));
             } else if let Some(h) = self.policy.header() {
                 let mut chunk = format!("BDAT {}\r\n", h.len()).into_bytes();
                 chunk.extend_from_slice(&h);
@@ -604,8 +621,8 @@ where
                 }
             }
         }
-        if let Some((head, limit)) = self.held.take() {
-            return self.bdat_held(size, last, head, limit).await;
+        if let Some((head, limit, since)) = self.held.take() {
+            return self.bdat_held(size, last, head, limit, since).await;
         }
         smtp::send(&mut self.down_w, line).await.map_err(SmtpError::Downstream)?;
         if !smtp::relay_exact(&mut self.client_r, &mut self.down_w, size, self.limits.data).await? {
@@ -624,7 +641,14 @@ where
     /// A BDAT chunk while the message's first octets are held for the policy: chunks are
     /// gathered (each acknowledged by us; only the last one's reply accepts a message) until
     /// the policy has what it asked for, then go downstream as one chunk behind its header.
-    async fn bdat_held(&mut self, size: u64, last: bool, mut head: Vec<u8>, limit: usize) -> Result<(), SmtpError> {
+    async fn bdat_held(
+        &mut self,
+        size: u64,
+        last: bool,
+        mut head: Vec<u8>,
+        limit: usize,
+        since: std::time::Instant,
+    ) -> Result<(), SmtpError> {
         let idle = self.limits.data;
         let take = size.min(limit.saturating_sub(head.len()) as u64);
         if !smtp::relay_exact(&mut self.client_r, &mut head, take, idle).await? {
@@ -632,8 +656,8 @@ where
         }
         let rest = size - take;
         let complete = last && rest == 0;
-        if !last && rest == 0 && head.len() < limit {
-            self.held = Some((head, limit));
+        if !last && rest == 0 && head.len() < limit && since.elapsed() < HOLD {
+            self.held = Some((head, limit, since));
             return self
                 .reply_client(&Reply::new(250, "2.0.0", &format!("{size} octets received")))
                 .await;
@@ -641,18 +665,23 @@ where
         let added = match self.policy.content(&mut head, complete) {
             Ok(h) => h,
             Err(refusal) => {
+                // The downstream first (it has seen no chunk), then the rest of the chunk.
+                self.exchange(b"RSET\r\n", "waiting for the reply to RSET").await?;
+                self.end_transaction();
                 if !smtp::discard_exact(&mut self.client_r, rest, idle).await? {
                     return Err(SmtpError::ClientClosed("during BDAT"));
                 }
-                return self.refuse_transaction(&refusal).await;
+                return self.reply_client(&refusal).await;
             }
         };
-        let mut chunk = self.policy.header().unwrap_or_default();
-        chunk.extend(added.unwrap_or_default());
-        chunk.extend_from_slice(&head);
-        let mut out = format!("BDAT {}{}\r\n", chunk.len(), if complete { " LAST" } else { "" }).into_bytes();
-        out.extend_from_slice(&chunk);
-        smtp::send(&mut self.down_w, &out).await.map_err(SmtpError::Downstream)?;
+        let pieces: Vec<Vec<u8>> = [self.policy.header(), added, Some(head)].into_iter().flatten().collect();
+        let len: usize = pieces.iter().map(Vec::len).sum();
+        let cmd = format!("BDAT {len}{}\r\n", if complete { " LAST" } else { "" });
+        self.down_w.write_all(cmd.as_bytes()).await.map_err(SmtpError::Downstream)?;
+        for piece in &pieces {
+            self.down_w.write_all(piece).await.map_err(SmtpError::Downstream)?;
+        }
+        self.down_w.flush().await.map_err(SmtpError::Downstream)?;
         if complete {
             return self.finish_message().await;
         }
@@ -748,6 +777,7 @@ where
             if reply.is_positive() {
                 self.recipients = 0;
                 self.chunking = false;
+                self.held = None;
             }
             self.policy.mail_reply(path, &reply);
         } else {

@@ -157,7 +157,7 @@ fn bounces_to_untagged_addresses_are_marked_and_other_mail_is_untouched() {
         log.contains("check=data verdict=backscatter reason=untagged kind=delivery-report original_sender=<carol@example.com>"),
         "{log}"
     );
-    assert!(log.contains("action=marked"), "{log}");
+    assert!(log.contains("action=marked\n"), "{log}");
 }
 
 #[test]
@@ -239,6 +239,94 @@ fn a_message_longer_than_the_inspected_part_arrives_intact() {
         let want = String::from_utf8_lossy(w).replace("bare\nlf", "bare\r\nlf");
         assert_eq!(String::from_utf8(unhex(m["wire"].as_str().unwrap())).unwrap(), want);
     }
+    // Every one was held and inspected; the longer ones on their first KiB only.
+    let log = log(&p);
+    assert_eq!(log.matches("check=data").count(), sent.len(), "{log}");
+    assert!(log.matches("+ action=relayed").count() >= 20, "{log}");
+}
+
+/// Another recipient's valid tag says nothing about an untagged one in the same
+/// transaction: it is judged on its own.
+#[test]
+fn a_tagged_recipient_does_not_vouch_for_an_untagged_one() {
+    let Some(cs) = ChunkSink::start(&[]) else { return };
+    let p = Proxy::start(&cs.forward(), "data_check = true\ndata_check_refuse = true\n");
+    let tagged = p.sign(TODAY, "dave@example.com");
+    let mut c = connect(&p);
+    assert_eq!(code(&c.cmd("MAIL FROM:<bounces@mx.remote.example>")), 250);
+    assert_eq!(code(&c.cmd(&format!("RCPT TO:<{tagged}>"))), 250);
+    assert_eq!(code(&c.cmd("RCPT TO:<carol@example.com>")), 250);
+    assert_eq!(code(&c.cmd("DATA")), 354);
+    c.send(&wire(&dsn("carol@example.com")));
+    assert!(c.reply().starts_with("550 5.7.1 "));
+    assert_eq!(code(&c.cmd("QUIT")), 221);
+    assert!(cs.messages(1).is_empty());
+}
+
+/// A client that goes away while its message is held, or while the rest streams, leaves
+/// nothing behind: the downstream never gets a terminator.
+#[test]
+fn a_client_vanishing_mid_message_leaves_nothing() {
+    let Some(cs) = ChunkSink::start(&[]) else { return };
+    let p = Proxy::start(&cs.forward(), "data_check = true\ndata_check_kib = 1\n");
+    for sent in [&b"Subject: cut short\r\n\r\nhalf"[..], &[b'x'; 5000][..]] {
+        let mut c = connect(&p);
+        assert_eq!(
+            codes_of(&[
+                c.cmd("MAIL FROM:<friend@remote.example>"),
+                c.cmd("RCPT TO:<carol@example.com>"),
+                c.cmd("DATA")
+            ]),
+            [250, 250, 354]
+        );
+        c.send(sent);
+        drop(c);
+    }
+    let mut c = connect(&p);
+    assert_eq!(
+        codes_of(&send(&mut c, "friend@remote.example", "carol@example.com", &wire(ORDINARY))),
+        [250, 250, 354, 250]
+    );
+    let m = cs.messages(1);
+    assert_eq!(m.len(), 1, "only the complete message: {m:?}");
+    assert_eq!(received(&m[0]), ORDINARY.as_bytes());
+}
+
+/// The downstream waits while a message is held: a slow client is judged on what arrived
+/// within the hold (5 s), and the rest follows.
+#[test]
+fn a_slow_client_is_judged_on_what_arrived_within_the_hold() {
+    let Some(cs) = ChunkSink::start(&[]) else { return };
+    let p = Proxy::start(
+        &cs.forward(),
+        "data_check = true\ncommand_timeout_ms = 20000\ndata_timeout_ms = 20000\n",
+    );
+    let mut c = connect(&p);
+    let msg = dsn("carol@example.com");
+    let w = wire(&msg);
+    let (first, rest) = w.split_at(msg.find("Content-Type: message/rfc822").unwrap());
+    assert_eq!(
+        codes_of(&[
+            c.cmd("MAIL FROM:<bounces@mx.remote.example>"),
+            c.cmd("RCPT TO:<carol@example.com>"),
+            c.cmd("DATA")
+        ]),
+        [250, 250, 354]
+    );
+    c.send(first);
+    std::thread::sleep(std::time::Duration::from_millis(5500));
+    c.send(rest);
+    assert_eq!(code(&c.reply()), 250);
+    let m = cs.messages(1);
+    assert_eq!(
+        received(&m[0]),
+        [
+            &b"X-BATV: backscatter; reason=untagged; kind=delivery-report\r\n"[..],
+            msg.as_bytes()
+        ]
+        .concat()
+    );
+    assert!(log(&p).contains(&format!("inspected={}+", first.len())), "{}", log(&p));
 }
 
 fn bdat(c: &mut Client, from: &str, rcpt: &str, chunks: &[&[u8]]) -> Vec<String> {

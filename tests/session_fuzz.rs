@@ -890,12 +890,12 @@ fn check(input: &[u8], opts: Opts, o: &Outcome) -> Result<(), String> {
                 return Err(format!("reply #{t} duplicated or out of order (after #{last_tag})"));
             }
             last_tag = t;
-        } else if !matches!(r.code, 220 | 421 | 452 | 454 | 500 | 501 | 502 | 530 | 550)
+        } else if !matches!(r.code, 220 | 421 | 452 | 454 | 500 | 501 | 502 | 503 | 530 | 550)
             // Holding a message for inspection: our go-ahead for DATA, our receipt for a held
-            // BDAT chunk (never for a whole message: see 6b), DATA between held chunks, and a
-            // 451 when the downstream did not take DATA after all.
+            // BDAT chunk (never for a whole message: see 6b), and a 451 when the downstream
+            // did not take DATA after all.
             && !(opts.inspect.is_some()
-                && (r.code == 354 || r.code == 503 || r.code == 451 || r.code == 250 && r.lines[0].ends_with(b"octets received")))
+                && (r.code == 354 || r.code == 451 || r.code == 250 && r.lines[0].ends_with(b"octets received")))
         {
             return Err(format!(
                 "a reply of the session's own with code {}: {:?}",
