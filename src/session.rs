@@ -624,6 +624,12 @@ where
         if let Some((head, limit, since)) = self.held.take() {
             return self.bdat_held(size, last, head, limit, since).await;
         }
+        self.relay_chunk(line, size, last).await
+    }
+
+    /// Send a BDAT command and relay its `size` octets from the client; the downstream's
+    /// reply is the client's.
+    async fn relay_chunk(&mut self, line: &[u8], size: u64, last: bool) -> Result<(), SmtpError> {
         smtp::send(&mut self.down_w, line).await.map_err(SmtpError::Downstream)?;
         if !smtp::relay_exact(&mut self.client_r, &mut self.down_w, size, self.limits.data).await? {
             return Err(SmtpError::ClientClosed("during BDAT"));
@@ -696,18 +702,7 @@ where
             return self.reply_client(&reply).await;
         }
         let line = format!("BDAT {rest}{}\r\n", if last { " LAST" } else { "" });
-        smtp::send(&mut self.down_w, line.as_bytes()).await.map_err(SmtpError::Downstream)?;
-        if !smtp::relay_exact(&mut self.client_r, &mut self.down_w, rest, idle).await? {
-            return Err(SmtpError::ClientClosed("during BDAT"));
-        }
-        if last {
-            return self.finish_message().await;
-        }
-        let reply = self.down_reply("waiting for the reply to BDAT").await?;
-        if !reply.is_positive() {
-            self.end_transaction();
-        }
-        self.reply_client(&reply).await
+        self.relay_chunk(line.as_bytes(), rest, last).await
     }
 
     /// AUTH with its SASL continuation: client lines are relayed while the server says 334.

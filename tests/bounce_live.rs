@@ -27,12 +27,12 @@ mod common;
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::postfix::{can_run_postfix, free_port, Postfix};
 use common::proxy::{postfix_root, SmtpSink};
-use common::{python_with_aiosmtpd, require, Sink};
+use common::{python_with_aiosmtpd, require, run_bounded, Output, Sink};
 
 const BIN: &str = env!("CARGO_BIN_EXE_batv");
 /// How long an MTA may take to produce and deliver its bounce.
@@ -42,48 +42,6 @@ const COMMAND: Duration = Duration::from_secs(30);
 
 // ---------------------------------------------------------------------------------------
 // Running commands with a deadline
-
-struct Output {
-    code: i32,
-    stdout: Vec<u8>,
-    stderr: String,
-}
-
-/// Run `cmd` with `input` on stdin; kill it (by its PID) if it outlives `limit`. Output goes
-/// to files, so a grandchild keeping a descriptor open cannot block the test.
-fn run_bounded(mut cmd: Command, input: &[u8], limit: Duration) -> Output {
-    let dir = tempfile::tempdir().unwrap();
-    let (out_path, err_path) = (dir.path().join("stdout"), dir.path().join("stderr"));
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(std::fs::File::create(&out_path).unwrap())
-        .stderr(std::fs::File::create(&err_path).unwrap())
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
-    let mut stdin = child.stdin.take().unwrap();
-    let input = input.to_vec();
-    let writer = std::thread::spawn(move || {
-        let _ = stdin.write_all(&input);
-    });
-    let deadline = Instant::now() + limit;
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{cmd:?} ran longer than {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    writer.join().unwrap();
-    Output {
-        code: status.code().unwrap_or(-1),
-        stdout: std::fs::read(&out_path).unwrap(),
-        stderr: std::fs::read_to_string(&err_path).unwrap_or_default(),
-    }
-}
 
 // ---------------------------------------------------------------------------------------
 // batv: a key store, signing and checking

@@ -6,10 +6,10 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
-use common::require;
+use common::{require, run_bounded};
 
 const BIN: &str = env!("CARGO_BIN_EXE_batv");
 
@@ -75,32 +75,10 @@ impl Home {
 
     /// Run a filter program on `message`, within 30 s; it must succeed.
     fn deliver(&self, program: &str, args: &[&str], message: &[u8]) {
-        let mut child = Command::new(program)
-            .args(args)
-            .current_dir(self.dir.path())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut stdin = child.stdin.take().unwrap();
-        let message = message.to_vec();
-        let writer = std::thread::spawn(move || std::io::Write::write_all(&mut stdin, &message));
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let status = loop {
-            if let Some(s) = child.try_wait().unwrap() {
-                break s;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("{program} took longer than 30 s");
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        };
-        let _ = writer.join();
-        let o = child.wait_with_output().unwrap();
-        assert!(status.success(), "{program}: {status}: {}", String::from_utf8_lossy(&o.stderr));
+        let mut cmd = Command::new(program);
+        cmd.args(args).current_dir(self.dir.path());
+        let o = run_bounded(cmd, message, Duration::from_secs(30));
+        assert_eq!(o.code, 0, "{program}: {}", o.stderr);
     }
 }
 
