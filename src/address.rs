@@ -82,6 +82,18 @@ const DOT_ATOM: [bool; 256] = {
     t
 };
 
+/// Bytes allowed in a domain name (labels and the dots between them).
+const DOMAIN: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] = c.is_ascii_alphanumeric() || c == b'-' || c == b'_' || c == b'.' || c >= 0x80;
+        b += 1;
+    }
+    t
+};
+
 /// The first character not allowed in an unquoted local part, if any.
 fn first_bad_local_char(local: &str) -> Option<char> {
     let i = local.bytes().position(|b| !DOT_ATOM[b as usize])?;
@@ -136,8 +148,12 @@ pub fn parse(s: &str) -> Result<Address<'_>, AddressError> {
     if s.len() > MAX_ADDRESS_LEN {
         return Err(AddressError::TooLong);
     }
-    // C0 controls and DEL in bytes; C1 controls only exist in non-ASCII text.
-    if s.bytes().any(|b| b < 0x20 || b == 0x7f) || (!s.is_ascii() && s.chars().any(char::is_control)) {
+    // C0 controls and DEL in bytes; C1 controls only exist in non-ASCII text. One pass
+    // (it vectorises) for both questions: this is on every verify.
+    let (control, high) = s
+        .bytes()
+        .fold((false, false), |(c, h), b| (c | (b < 0x20) | (b == 0x7f), h | (b >= 0x80)));
+    if control || (high && s.chars().any(char::is_control)) {
         return Err(AddressError::ControlChar);
     }
     let (local, quoted, rest) = if let Some(body) = s.strip_prefix('"') {
@@ -203,12 +219,10 @@ fn check_domain(domain: &str) -> Result<(), AddressError> {
         }
         return Err(AddressError::BadDomain(domain.to_string()));
     }
-    let ok = domain.as_bytes().split(|&b| b == b'.').all(|label| {
-        !label.is_empty()
-            && label
-                .iter()
-                .all(|&b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b >= 0x80)
-    });
+    // Labels of letters, digits, '-', '_' or non-ASCII, none empty.
+    let d = domain.as_bytes();
+    let ok =
+        d.iter().all(|&b| DOMAIN[b as usize]) && d.first() != Some(&b'.') && d.last() != Some(&b'.') && !d.windows(2).any(|w| w == b"..");
     if ok {
         Ok(())
     } else {
@@ -219,8 +233,11 @@ fn check_domain(domain: &str) -> Result<(), AddressError> {
 /// The canonical form of a domain for the native scheme: ASCII lower-case, and an IDNA
 /// A-label when it holds non-ASCII characters. Borrowed when nothing changes.
 pub fn canonical_domain(domain: &str) -> Result<Cow<'_, str>, AddressError> {
-    if domain.is_ascii() {
-        if domain.bytes().any(|b| b.is_ascii_uppercase()) {
+    let (upper, high) = domain
+        .bytes()
+        .fold((false, false), |(u, h), b| (u | b.is_ascii_uppercase(), h | (b >= 0x80)));
+    if !high {
+        if upper {
             Ok(Cow::Owned(domain.to_ascii_lowercase()))
         } else {
             Ok(Cow::Borrowed(domain))
