@@ -972,9 +972,13 @@ fn check(input: &[u8], opts: Opts, o: &Outcome) -> Result<(), String> {
         .iter()
         .filter(|r| r.tag.is_none() && r.code == 250 && r.lines[0].ends_with(b"octets received"))
         .count();
-    let chunks = input
-        .split(|&b| b == b'\n')
-        .filter(|l| l.len() >= 5 && l[..5].eq_ignore_ascii_case(b"BDAT ") && !contains_ci(l, "LAST"))
+    // An upper bound: every "BDAT " in the input, wherever a chunk's octets put it.
+    let chunks = (0..input.len())
+        .filter(|&i| input[i..].len() >= 5 && input[i..i + 5].eq_ignore_ascii_case(b"BDAT "))
+        .filter(|&i| {
+            let line = input[i..].split(|&b| b == b'\n').next().unwrap_or_default();
+            !contains_ci(line, "LAST")
+        })
         .count();
     if receipts > chunks {
         return Err(format!("{receipts} chunk receipts for {chunks} BDAT chunks that are not LAST"));
