@@ -311,13 +311,7 @@ fn classify(msg: &Message<'_>, null_sender: bool) -> Kind {
 /// returns is the recipient's own mail. Addresses compare without case and without a
 /// BATV tag (`prvs=...=user@domain` is `user@domain`).
 fn returns_recipients_message(msg: &Message<'_>) -> bool {
-    let untag = |a: &str| {
-        let a = a.to_ascii_lowercase();
-        match a.split_once('@') {
-            Some((local, domain)) if local.contains('=') => format!("{}@{domain}", local.rsplit('=').next().unwrap_or(local)),
-            _ => a,
-        }
-    };
+    let untag = |a: &str| tag::strip(a).unwrap_or(Cow::Borrowed(a)).to_ascii_lowercase();
     let recipients: Vec<String> = msg
         .to()
         .into_iter()

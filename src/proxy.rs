@@ -660,7 +660,7 @@ impl Policy for Verify<'_> {
 /// header section at the start of `head`. A field is removed only when its end is within
 /// `head` (the line after it has begun, or `head` is the `complete` message), so no part
 /// of one is ever left behind.
-pub fn remove_fields(head: &mut Vec<u8>, name: &[u8], complete: bool) {
+fn remove_fields(head: &mut Vec<u8>, name: &[u8], complete: bool) {
     let mut out = Vec::new();
     let mut kept_to = 0;
     let mut at = 0;

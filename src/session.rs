@@ -64,7 +64,7 @@ pub trait Policy {
 
 /// The longest a message's first octets are held for the policy before it decides on
 /// what has arrived.
-pub const HOLD: Duration = Duration::from_secs(5);
+const HOLD: Duration = Duration::from_secs(5);
 
 /// Time and count limits.
 #[derive(Debug, Clone, Copy)]

@@ -2,6 +2,8 @@
 //! mail with Exim prvs tags, ../shared/data/bounces/generated), `--add-header`, and inputs
 //! that must never break it.
 
+mod common;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -20,27 +22,8 @@ struct Store {
 impl Store {
     fn new() -> Store {
         let dir = tempfile::tempdir().unwrap();
-        let keys = dir.path().join("keys");
-        std::fs::create_dir(&keys).unwrap();
-        std::fs::write(
-            dir.path().join("batv.toml"),
-            "sign_domains = [\"example.org\"]\nscheme = \"prvs\"\n",
-        )
-        .unwrap();
-        std::fs::write(dir.path().join("secret"), "s3cret").unwrap();
-        let s = Store { dir };
-        let (code, _, err) = s.run(
-            &[
-                "keys",
-                "import",
-                "0",
-                "--secret-file",
-                s.dir.path().join("secret").to_str().unwrap(),
-            ],
-            b"",
-        );
-        assert_eq!(code, 0, "{err}");
-        s
+        common::exim_secret_store(dir.path());
+        Store { dir }
     }
 
     /// `batv check ARGS < input` as of the corpus's day: (exit code, stdout, stderr).

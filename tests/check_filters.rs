@@ -31,19 +31,7 @@ impl Home {
     fn new() -> Home {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
-        std::fs::write(d.join("batv.toml"), "sign_domains = [\"example.org\"]\nscheme = \"prvs\"\n").unwrap();
-        std::fs::write(d.join("secret"), "s3cret").unwrap();
-        std::fs::create_dir(d.join("keys")).unwrap();
-        let o = Command::new(BIN)
-            .arg("--config")
-            .arg(d.join("batv.toml"))
-            .arg("--keys")
-            .arg(d.join("keys"))
-            .args(["keys", "import", "0", "--secret-file"])
-            .arg(d.join("secret"))
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        common::exim_secret_store(d);
         for m in ["Maildir", "Maildir/.Junk.Backscatter"] {
             for sub in ["cur", "new", "tmp"] {
                 std::fs::create_dir_all(d.join(m).join(sub)).unwrap();

@@ -121,3 +121,21 @@ pub fn run_bounded(mut cmd: Command, input: &[u8], limit: Duration) -> Output {
 }
 
 pub mod peers;
+
+/// In `dir`: `batv.toml` (signing example.org, prvs) and `keys/` holding Exim's test secret
+/// `s3cret` as key 0, the key of the shared corpus's tags.
+pub fn exim_secret_store(dir: &Path) {
+    std::fs::write(dir.join("batv.toml"), "sign_domains = [\"example.org\"]\nscheme = \"prvs\"\n").unwrap();
+    std::fs::write(dir.join("secret"), "s3cret").unwrap();
+    std::fs::create_dir(dir.join("keys")).unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_batv"))
+        .arg("--config")
+        .arg(dir.join("batv.toml"))
+        .arg("--keys")
+        .arg(dir.join("keys"))
+        .args(["keys", "import", "0", "--secret-file"])
+        .arg(dir.join("secret"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
