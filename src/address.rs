@@ -108,11 +108,20 @@ pub fn needs_quoting(local: &str) -> bool {
 /// Append `local` to `out` in valid SMTP form: as is if it is a (possibly dotted) atom,
 /// otherwise as one quoted string with `"` and `\` escaped.
 pub fn write_local(out: &mut String, local: &str) {
+    write_prefixed_local(out, "", local)
+}
+
+/// [`write_local`] of `prefix` + `local`, for a `prefix` of dot-atom characters only
+/// (which therefore never decides the quoting).
+fn write_prefixed_local(out: &mut String, prefix: &str, local: &str) {
+    debug_assert!(!needs_quoting(prefix));
     if !needs_quoting(local) {
+        out.push_str(prefix);
         out.push_str(local);
         return;
     }
     out.push('"');
+    out.push_str(prefix);
     for c in local.chars() {
         if c == '"' || c == '\\' {
             out.push('\\');
@@ -132,8 +141,14 @@ pub fn written_local_len(local: &str) -> usize {
 
 /// Format `local@domain` with the local part written in valid SMTP form.
 pub fn format(local: &str, domain: &str) -> String {
-    let mut s = String::with_capacity(local.len() + domain.len() + 3);
-    write_local(&mut s, local);
+    format_prefixed("", local, domain)
+}
+
+/// Format `prefix` + `local` @ `domain` in one allocation; `prefix` holds dot-atom
+/// characters only (a BATV tag).
+pub fn format_prefixed(prefix: &str, local: &str, domain: &str) -> String {
+    let mut s = String::with_capacity(prefix.len() + local.len() + domain.len() + 3);
+    write_prefixed_local(&mut s, prefix, local);
     s.push('@');
     s.push_str(domain);
     s
@@ -188,20 +203,37 @@ fn parse_full(s: &str) -> Result<Address<'_>, AddressError> {
 /// The common case in one pass each over the local part and the domain: an ASCII
 /// dot-atom at an ASCII domain name. `None` sends anything else (quoting, UTF-8, address
 /// literals, every error) to the full parser, which also words the errors.
-fn plain(s: &str) -> Option<Address<'_>> {
+pub(crate) fn plain(s: &str) -> Option<Address<'_>> {
+    const fn ascii_only(t: [bool; 256]) -> [bool; 256] {
+        let mut t = t;
+        let mut b = 0x80;
+        while b < 256 {
+            t[b] = false;
+            b += 1;
+        }
+        t
+    }
+    const LOCAL: [bool; 256] = ascii_only(DOT_ATOM);
+    const NAME: [bool; 256] = ascii_only(DOMAIN);
     let b = s.as_bytes();
-    let at = b.iter().position(|&c| c >= 0x80 || !DOT_ATOM[c as usize])?;
+    let at = b.iter().position(|&c| !LOCAL[c as usize])?;
     if b[at] != b'@' || at == 0 {
         return None;
     }
     let d = &b[at + 1..];
-    let ok = !d.is_empty()
-        && d.len() <= MAX_DOMAIN_LEN
-        && d.iter().all(|&c| c < 0x80 && DOMAIN[c as usize])
-        && d[0] != b'.'
-        && d[d.len() - 1] != b'.'
-        && !d.windows(2).any(|w| w == b"..");
-    ok.then(|| Address {
+    if d.len() > MAX_DOMAIN_LEN {
+        return None;
+    }
+    // Labels never empty: no dot first, last or after a dot (and so no empty domain).
+    let mut after_dot = true;
+    for &c in d {
+        let dot = c == b'.';
+        if !NAME[c as usize] || (dot && after_dot) {
+            return None;
+        }
+        after_dot = dot;
+    }
+    (!after_dot).then(|| Address {
         local: Cow::Borrowed(&s[..at]),
         domain: &s[at + 1..],
         quoted: false,

@@ -169,21 +169,23 @@ impl<const N: usize> Prekeyed<N> {
         st
     }
 
-    /// The MAC of `parts` joined, the one at `lower` ASCII-lower-cased. A message that
-    /// fits one block (the usual tag) is laid out in place: two compressions, no copies
-    /// beyond the block.
-    fn mac(&self, parts: [&[u8]; 4], lower: usize) -> [u32; N] {
+    /// The MAC of `parts` joined, ASCII-lower-cased if `lower`. A message that fits one
+    /// block (the usual tag) is laid out in place: two compressions, no copies beyond
+    /// the block.
+    fn mac(&self, parts: [&[u8]; 4], lower: bool) -> [u32; N] {
         let total: usize = parts.iter().map(|p| p.len()).sum();
         if total <= 55 {
             let mut block = [0u8; 64];
             let mut at = 0;
-            for (i, p) in parts.iter().enumerate() {
-                let dst = &mut block[at..at + p.len()];
-                dst.copy_from_slice(p);
-                if i == lower {
-                    dst.make_ascii_lowercase();
-                }
+            for p in parts {
+                block[at..at + p.len()].copy_from_slice(p);
                 at += p.len();
+            }
+            if lower {
+                // The whole block at once (the zeros stay zeros): it vectorises.
+                for b in &mut block {
+                    *b |= (b.wrapping_sub(b'A') < 26) as u8 * 0x20;
+                }
             }
             block[at] = 0x80;
             block[56..].copy_from_slice(&((64 + at as u64) * 8).to_be_bytes());
@@ -192,8 +194,8 @@ impl<const N: usize> Prekeyed<N> {
             return self.outer(st);
         }
         let mut s = self.start();
-        for (i, p) in parts.iter().enumerate() {
-            if i == lower {
+        for p in parts {
+            if lower {
                 update_ascii_lower(&mut s, p);
             } else {
                 s.update(p);
@@ -240,16 +242,25 @@ impl TagKey {
 
     /// First 3 bytes of HMAC-SHA1(secret, K ‖ DDD ‖ local@domain), address as written.
     fn prvs_hash(&self, kddd: &[u8; 4], local: &str, domain: &str) -> [u8; 3] {
-        let out = self.sha1.mac([kddd, local.as_bytes(), b"@", domain.as_bytes()], usize::MAX)[0].to_be_bytes();
-        [out[0], out[1], out[2]]
+        prvs_3(self.sha1.mac([kddd, local.as_bytes(), b"@", domain.as_bytes()], false))
     }
 
-    /// First 5 bytes of HMAC-SHA256(secret, K ‖ DDD ‖ canonical address).
+    /// First 5 bytes of HMAC-SHA256(secret, K ‖ DDD ‖ canonical address). The canonical
+    /// address is lower case throughout (an IDNA A-label is too), so the MAC lower-cases
+    /// all it hashes.
     fn native_hash(&self, kddd: &[u8; 4], local: &str, canonical_domain: &str) -> [u8; 5] {
-        let out = self.sha256.mac([kddd, local.as_bytes(), b"@", canonical_domain.as_bytes()], 1);
-        let (a, b) = (out[0].to_be_bytes(), out[1].to_be_bytes());
-        [a[0], a[1], a[2], a[3], b[0]]
+        native_5(self.sha256.mac([kddd, local.as_bytes(), b"@", canonical_domain.as_bytes()], true))
     }
+}
+
+fn prvs_3(mac: [u32; 5]) -> [u8; 3] {
+    let out = mac[0].to_be_bytes();
+    [out[0], out[1], out[2]]
+}
+
+fn native_5(mac: [u32; 8]) -> [u8; 5] {
+    let (a, b) = (mac[0].to_be_bytes(), mac[1].to_be_bytes());
+    [a[0], a[1], a[2], a[3], b[0]]
 }
 
 /// Feed `bytes` ASCII-lower-cased (bytes above 0x7F untouched) without allocating.
@@ -399,23 +410,28 @@ pub fn too_long_to_sign(local: &str, scheme: Scheme) -> bool {
 pub fn sign(key: &TagKey, key_id: u8, scheme: Scheme, addr: &Address<'_>, ddd: u16) -> Result<String, AddressError> {
     debug_assert!(key_id <= 9 && ddd <= 999);
     let kd = kddd(key_id, ddd);
-    let mut local = String::with_capacity(scheme.overhead() + addr.local.len());
-    local.push_str(PREFIX);
-    local.push_str(std::str::from_utf8(&kd).unwrap_or_default());
+    // prvs= K DDD hash(<= 8) =
+    let mut tag = [0u8; 19];
+    let mut n = 0;
+    for part in [PREFIX.as_bytes(), &kd] {
+        tag[n..n + part.len()].copy_from_slice(part);
+        n += part.len();
+    }
     match scheme {
         Scheme::Prvs => {
-            let h = hex_3(&key.prvs_hash(&kd, &addr.local, addr.domain));
-            local.push_str(std::str::from_utf8(&h).unwrap_or_default());
+            tag[n..n + 6].copy_from_slice(&hex_3(&key.prvs_hash(&kd, &addr.local, addr.domain)));
+            n += 6;
         }
         Scheme::Native => {
             let domain = address::canonical_domain(addr.domain)?;
-            let h = base32_40(&key.native_hash(&kd, &addr.local, &domain));
-            local.push_str(std::str::from_utf8(&h).unwrap_or_default());
+            tag[n..n + 8].copy_from_slice(&base32_40(&key.native_hash(&kd, &addr.local, &domain)));
+            n += 8;
         }
     }
-    local.push('=');
-    local.push_str(&addr.local);
-    Ok(address::format(&local, addr.domain))
+    tag[n] = b'=';
+    // All ASCII by construction.
+    let tag = std::str::from_utf8(&tag[..n + 1]).unwrap_or_default();
+    Ok(address::format_prefixed(tag, &addr.local, addr.domain))
 }
 
 /// A syntactically valid tag, not yet checked.
@@ -572,12 +588,77 @@ impl Tagged<'_> {
 
 /// Check an address against a key lookup, as of Unix day `today`.
 pub fn verify<'a, 'k>(s: &'a str, today: i64, keys: impl Fn(u8) -> Option<&'k TagKey>) -> Result<Verdict<'a>, AddressError> {
+    if let Some(v) = verify_plain(s, today, &keys) {
+        return Ok(v);
+    }
+    verify_general(s, today, keys)
+}
+
+/// `verify` for any input, through the parser.
+#[doc(hidden)]
+pub fn verify_general<'a, 'k>(s: &'a str, today: i64, keys: impl Fn(u8) -> Option<&'k TagKey>) -> Result<Verdict<'a>, AddressError> {
     let t = match parse(s)? {
         Parsed::Untagged(_) => return Ok(Verdict::Untagged),
         Parsed::Malformed(why) => return Ok(Verdict::Malformed(why)),
         Parsed::Tagged(t) => t,
     };
     Ok(check(t, today, keys))
+}
+
+/// `verify` of the common case, a well-formed tag on a plain ASCII dot-atom address, with
+/// the HMAC block laid out straight from the input and nothing built but the verdict.
+/// `None` sends anything else to [`verify_general`], which gives the same verdict on
+/// every input (a property test checks this).
+fn verify_plain<'a, 'k>(s: &'a str, today: i64, keys: &impl Fn(u8) -> Option<&'k TagKey>) -> Option<Verdict<'a>> {
+    let b = s.as_bytes();
+    if !looks_tagged(s) || b.len() > address::MAX_ADDRESS_LEN {
+        return None;
+    }
+    let val = &b[PREFIX.len()..];
+    // The first '=' ends the tag value; the value's own characters never include one.
+    let scheme = match (val.get(10), val.get(12)) {
+        (Some(b'='), _) => Scheme::Prvs,
+        (_, Some(b'=')) => Scheme::Native,
+        _ => return None,
+    };
+    let n = 4 + scheme.hash_len();
+    let (kd, hash) = (&val[..4], &val[4..n]);
+    if !kd.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let rest = PREFIX.len() + n + 1;
+    let addr = address::plain(s)?;
+    if rest >= addr.local.len() {
+        return None;
+    }
+    let (key_id, day) = (
+        kd[0] - b'0',
+        (kd[1] - b'0') as u16 * 100 + (kd[2] - b'0') as u16 * 10 + (kd[3] - b'0') as u16,
+    );
+    // K, DDD and '@' are the same lower-cased, so the native scheme's canonical address
+    // (plain ASCII: lower case throughout) is the input lower-cased.
+    let original = &b[rest..];
+    let authentic: bool = match scheme {
+        Scheme::Prvs => {
+            let given = unhex_3(hash)?;
+            let key = keys(key_id);
+            match key {
+                Some(key) => prvs_3(key.sha1.mac([kd, original, b"", b""], false)).ct_eq(&given).into(),
+                None => return Some(Verdict::UnknownKey(key_id)),
+            }
+        }
+        Scheme::Native => {
+            let given = unbase32_40(hash)?;
+            match keys(key_id) {
+                Some(key) => native_5(key.sha256.mac([kd, original, b"", b""], true)).ct_eq(&given).into(),
+                None => return Some(Verdict::UnknownKey(key_id)),
+            }
+        }
+    };
+    if !authentic {
+        return Some(Verdict::BadSignature);
+    }
+    Some(judge_window(key_id, scheme, day, Cow::Borrowed(&s[rest..]), today))
 }
 
 /// Check a parsed tag.
@@ -588,7 +669,12 @@ pub fn check<'a, 'k>(t: Tagged<'a>, today: i64, keys: impl Fn(u8) -> Option<&'k 
     if !t.authentic(key) {
         return Verdict::BadSignature;
     }
-    let ahead = days_ahead(t.day, today);
+    judge_window(t.key_id, t.scheme, t.day, t.original, today)
+}
+
+/// Valid or expired, for an authentic tag.
+fn judge_window(key_id: u8, scheme: Scheme, day: u16, original: Cow<'_, str>, today: i64) -> Verdict<'_> {
+    let ahead = days_ahead(day, today);
     let valid = ahead <= MAX_DAYS_AHEAD || ahead == 999;
     let days_left = match ahead {
         999 => -1,
@@ -597,11 +683,11 @@ pub fn check<'a, 'k>(t: Tagged<'a>, today: i64, keys: impl Fn(u8) -> Option<&'k 
         d => d as i32 - 1000,
     };
     let checked = Checked {
-        key_id: t.key_id,
-        scheme: t.scheme,
-        day: t.day,
+        key_id,
+        scheme,
+        day,
         days_left,
-        original: t.original,
+        original,
     };
     if valid {
         Verdict::Valid(checked)
@@ -670,13 +756,13 @@ mod tests {
     }
 
     #[test]
-    fn native_hash_lower_cases_the_local_part_only() {
+    fn native_hash_lower_cases_the_local_part() {
         let k = TagKey::new(b"secret");
-        for local in ["Jane.Doe", "x", &"AbC".repeat(30)] {
+        for local in ["Jane.Doe", "x", &"AbC".repeat(30), "Ärger.ÖL"] {
             let mut r = hmac::Hmac::<sha2::Sha256>::new_from_slice(b"secret").unwrap();
-            r.update(format!("3123{}@Example.ORG", local.to_ascii_lowercase()).as_bytes());
+            r.update(format!("3123{}@xn--bcher-kva.example", local.to_ascii_lowercase()).as_bytes());
             let want = r.finalize().into_bytes();
-            assert_eq!(k.native_hash(b"3123", local, "Example.ORG"), want[..5], "{local}");
+            assert_eq!(k.native_hash(b"3123", local, "xn--bcher-kva.example"), want[..5], "{local}");
         }
     }
 
@@ -698,11 +784,7 @@ mod tests {
                 let want = r.finalize().into_bytes().to_vec();
                 assert_eq!(words(&k.sha256.finish(s)), want, "sha256 key {key_len} msg {len}");
                 let parts = [&msg[..split.min(4)], &msg[split.min(4)..split], b"", &msg[split..]];
-                assert_eq!(
-                    words(&k.sha256.mac(parts, usize::MAX)),
-                    want,
-                    "sha256 mac() key {key_len} msg {len}"
-                );
+                assert_eq!(words(&k.sha256.mac(parts, false)), want, "sha256 mac() key {key_len} msg {len}");
                 let mut s = k.sha1.start();
                 s.update(&msg[..split]);
                 s.update(&msg[split..]);
@@ -711,8 +793,38 @@ mod tests {
                 let want = r.finalize().into_bytes().to_vec();
                 assert_eq!(words(&k.sha1.finish(s)), want, "sha1 key {key_len} msg {len}");
                 let parts = [&msg[..split.min(4)], &msg[split.min(4)..split], b"", &msg[split..]];
-                assert_eq!(words(&k.sha1.mac(parts, usize::MAX)), want, "sha1 mac() key {key_len} msg {len}");
+                assert_eq!(words(&k.sha1.mac(parts, false)), want, "sha1 mac() key {key_len} msg {len}");
+                // Lower-casing: ASCII letters only, every other byte as it is.
+                let text: Vec<u8> = (0..len).map(|i| b"aZ09.Q@x[`{\xc3\x84@AZ"[i % 16]).collect();
+                let cut = [0, len / 4, len / 2, len * 3 / 4, len];
+                let parts: [&[u8]; 4] = std::array::from_fn(|i| &text[cut[i]..cut[i + 1]]);
+                let mut r = hmac::Hmac::<sha2::Sha256>::new_from_slice(&key).unwrap();
+                r.update(&text.to_ascii_lowercase());
+                assert_eq!(
+                    words(&k.sha256.mac(parts, true)),
+                    r.finalize().into_bytes().to_vec(),
+                    "lower, msg {len}"
+                );
             }
+        }
+    }
+
+    #[test]
+    fn plain_tags_take_the_fast_path() {
+        let keys = [TagKey::new(b"k0"), TagKey::new(b"k1")];
+        let lookup = |k: u8| keys.get(k as usize);
+        for scheme in [Scheme::Native, Scheme::Prvs] {
+            let a = address::parse("Jane.Doe@Example.org").unwrap();
+            let signed = sign(&keys[1], 1, scheme, &a, day_stamp(20_000, 7)).unwrap();
+            let fast = verify_plain(&signed, 20_000, &lookup);
+            assert!(
+                matches!(&fast, Some(Verdict::Valid(c)) if c.original == "Jane.Doe@Example.org"),
+                "{fast:?}"
+            );
+            assert_eq!(fast, Some(verify_general(&signed, 20_000, lookup).unwrap()));
+            // Quoted and UTF-8 addresses go the general way.
+            let q = address::parse("\"j d\"@example.org").unwrap();
+            assert_eq!(verify_plain(&sign(&keys[1], 1, scheme, &q, 7).unwrap(), 20_000, &lookup), None);
         }
     }
 

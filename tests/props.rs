@@ -63,6 +63,16 @@ proptest! {
         // A verifier without that key does not accept it.
         let v = tag::verify(&signed, today, |k| (k != key_id).then(|| &keys[k as usize])).unwrap();
         prop_assert_eq!(v, Verdict::UnknownKey(key_id));
+        // The fast path (plain ASCII addresses) and the parser agree on every day, every
+        // case and every key set.
+        for text in [signed.clone(), signed.to_ascii_uppercase(), signed.replacen("prvs=", "PRVS=", 1)] {
+            for d in [today - 1, day, late, today + 500] {
+                let all = |k: u8| keys.get(k as usize);
+                prop_assert_eq!(tag::verify(&text, d, all), tag::verify_general(&text, d, all), "{} on day {}", text, d);
+                let none = |_: u8| None;
+                prop_assert_eq!(tag::verify(&text, d, none), tag::verify_general(&text, d, none));
+            }
+        }
     }
 
     #[test]
@@ -99,6 +109,7 @@ proptest! {
                 v[i] = c;
                 let s: String = v.into_iter().collect();
                 let verdict = tag::verify(&s, today, |k| keys.get(k as usize));
+                prop_assert_eq!(&verdict, &tag::verify_general(&s, today, |k| keys.get(k as usize)), "fast and general paths differ on {}", s);
                 let valid = matches!(verdict, Ok(Verdict::Valid(_)));
                 if c.eq_ignore_ascii_case(&chars[i]) {
                     prop_assert!(valid, "case change must verify: {} -> {:?}", s, verdict);
@@ -119,6 +130,7 @@ proptest! {
             let _ = tag::parse(input);
             let _ = tag::strip(input);
             let v = tag::verify(input, 20_780, |k| keys.get(k as usize));
+            prop_assert_eq!(&v, &tag::verify_general(input, 20_780, |k| keys.get(k as usize)), "fast and general paths differ on {:?}", input);
             // Nothing random is a valid tag.
             prop_assert!(!matches!(v, Ok(Verdict::Valid(_))), "{:?}", input);
         }
