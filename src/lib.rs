@@ -12,6 +12,7 @@ pub mod config;
 pub mod exit;
 pub mod front;
 pub mod keys;
+pub mod log;
 pub mod privilege;
 pub mod proxy;
 pub mod sendmail;

@@ -384,7 +384,7 @@ impl<'a> Verify<'a> {
 
     fn log(&self, rcpt: &str, j: &Judgement, action: &str) {
         let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
-        eprintln!(
+        crate::logln!(
             "batv-proxy: session={:x} client={} sender=<{}> rcpt=<{}> verdict={} reason={} action={} key={} tag_days_left={}",
             self.session,
             self.client,
@@ -528,7 +528,7 @@ impl Policy for Verify<'_> {
         }
         let c = &self.shared.counters;
         let action = if self.enforce { "refused-at-data" } else { "delivered-monitor" };
-        eprintln!(
+        crate::logln!(
             "batv-proxy: session={:x} client={} sender=<> verdict=backscatter reason={} action={action}",
             self.session, self.client, self.reason
         );
@@ -577,7 +577,7 @@ impl Policy for Verify<'_> {
             _ if verdict == CheckVerdict::NotABounce => "relayed",
             _ => "marked",
         };
-        eprintln!(
+        crate::logln!(
             "batv-proxy: session={:x} client={} sender=<{}> rcpt=<{}> check=data verdict={} reason={} kind={} original_sender=<{}> inspected={}{} action={action}",
             self.session,
             self.client,
@@ -615,7 +615,7 @@ impl Policy for Verify<'_> {
 
     fn finished(&mut self, reply: &Reply) {
         if let Some(v) = self.verdict.filter(|_| self.bounce()) {
-            eprintln!(
+            crate::logln!(
                 "batv-proxy: session={:x} client={} sender=<> verdict={} reason={} result={} queue_id={}",
                 self.session,
                 self.client,
@@ -707,7 +707,7 @@ pub async fn handle(shared: Arc<Shared>, client: TcpStream, peer: SocketAddr, id
                 Ok(Err(e)) => e.to_string(),
                 _ => "timed out".into(),
             };
-            eprintln!(
+            crate::logln!(
                 "batv-proxy: session={id:x} client={} downstream={} error=\"{why}\" action=421",
                 peer.ip(),
                 settings.forward
@@ -735,7 +735,7 @@ pub async fn handle(shared: Arc<Shared>, client: TcpStream, peer: SocketAddr, id
         ProxyMode::Front => front_session(&shared, &settings, client, peer, id, BufReader::new(dr), dw, &mut policy).await,
     };
     if let Err(e) = result {
-        eprintln!("batv-proxy: session={id:x} client={} error=\"{e}\"", peer.ip());
+        crate::logln!("batv-proxy: session={id:x} client={} error=\"{e}\"", peer.ip());
     }
 }
 
@@ -768,7 +768,7 @@ async fn front_session(
         Ok(g) => g,
         Err(e) => {
             shared.counters.handoff_failures.fetch_add(1, Ordering::Relaxed);
-            eprintln!("batv-proxy: session={id:x} client={} error=\"{e}\" action=421", peer.ip());
+            crate::logln!("batv-proxy: session={id:x} client={} error=\"{e}\" action=421", peer.ip());
             let mut client = client;
             smtp::send(&mut client, &Reply::new(421, "4.3.0", "Service not available, try again later").raw).await?;
             return Ok(());
@@ -827,13 +827,13 @@ pub fn reload_keys(shared: &Shared, store: &KeyStore) {
             if let Ok(mut w) = shared.keys.write() {
                 *w = Arc::new(k);
             }
-            eprintln!("batv-proxy: keys reloaded from {}", store.dir().display());
+            crate::logln!("batv-proxy: keys reloaded from {}", store.dir().display());
         }
-        Ok(_) => eprintln!(
+        Ok(_) => crate::logln!(
             "batv-proxy: keys not reloaded: {} holds no key; keeping the old set",
             store.dir().display()
         ),
-        Err(e) => eprintln!("batv-proxy: keys not reloaded: {e}; keeping the old set"),
+        Err(e) => crate::logln!("batv-proxy: keys not reloaded: {e}; keeping the old set"),
     }
 }
 
@@ -862,7 +862,7 @@ impl Source {
             Ok((config, _)) if config.proxy.mode != running.proxy.mode || config.proxy.front_protocol != running.proxy.front_protocol => {
                 // Switching front mode off on the fly would drop the client handoff on a
                 // public port (an open relay): that takes a restart.
-                eprintln!("batv-proxy: configuration not reloaded: proxy.mode or proxy.front_protocol changed; restart to apply");
+                crate::logln!("batv-proxy: configuration not reloaded: proxy.mode or proxy.front_protocol changed; restart to apply");
             }
             Ok((config, settings)) => {
                 for (what, changed) in [
@@ -875,15 +875,15 @@ impl Source {
                     ("keys_dir", config.keys_dir != running.keys_dir),
                 ] {
                     if changed {
-                        eprintln!("batv-proxy: {what} changed: takes effect at the next restart");
+                        crate::logln!("batv-proxy: {what} changed: takes effect at the next restart");
                     }
                 }
                 if let Ok(mut w) = shared.settings.write() {
                     *w = Arc::new(settings);
                 }
-                eprintln!("batv-proxy: configuration reloaded from {}", self.config.display());
+                crate::logln!("batv-proxy: configuration reloaded from {}", self.config.display());
             }
-            Err(e) => eprintln!("batv-proxy: configuration not reloaded: {e}; keeping the old one"),
+            Err(e) => crate::logln!("batv-proxy: configuration not reloaded: {e}; keeping the old one"),
         }
         reload_keys(shared, &self.store);
     }
@@ -959,12 +959,12 @@ pub async fn serve(
     let mut last = stamp(source.store.dir());
     let mut next_id: u64 = (crate::time::system_now() as u64) << 16;
     if let Some(m) = metrics {
-        eprintln!("batv-proxy: metrics on http://{}/metrics", m.local_addr()?);
+        crate::logln!("batv-proxy: metrics on http://{}/metrics", m.local_addr()?);
         tokio::spawn(serve_metrics(m, shared.clone()));
     }
     {
         let s = shared.settings();
-        eprintln!(
+        crate::logln!(
             "batv-proxy: listening on {} forwarding to {} mode={} enforce={}",
             listener.local_addr()?,
             s.forward,
@@ -975,7 +975,7 @@ pub async fn serve(
             s.enforcing(shared.now()),
         );
         if s.mode == ProxyMode::Front && s.tls.is_none() {
-            eprintln!("batv-proxy: warning: front mode without proxy.tls_cert: no STARTTLS, so MTA-STS and DANE senders will not deliver");
+            crate::logln!("batv-proxy: warning: front mode without proxy.tls_cert: no STARTTLS, so MTA-STS and DANE senders will not deliver");
         }
     }
     loop {
@@ -984,7 +984,7 @@ pub async fn serve(
                 let (sock, peer) = match accepted {
                     Ok(a) => a,
                     Err(e) => {
-                        eprintln!("batv-proxy: accept: {e}");
+                        crate::logln!("batv-proxy: accept: {e}");
                         tokio::time::sleep(Duration::from_millis(100)).await;
                         continue;
                     }
@@ -1022,7 +1022,7 @@ pub async fn serve(
         }
     }
     drop(listener);
-    eprintln!("batv-proxy: draining {} session(s)", max_connections - limit.available_permits());
+    crate::logln!("batv-proxy: draining {} session(s)", max_connections - limit.available_permits());
     let drain = limit.acquire_many(max_connections as u32);
     let l = shared.settings().limits;
     let _ = tokio::time::timeout(l.data + l.command, drain).await;
