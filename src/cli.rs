@@ -52,6 +52,9 @@ pub enum Command {
     /// The SMTP proxy: refuse backscatter during the SMTP session, strip valid tags
     #[command(long_about = PROXY_ABOUT, after_long_help = PROXY_DEPLOY)]
     Proxy(ProxyArgs),
+    /// Postfix socketmap (sign, strip) and policy service, and Exim ${readsocket}
+    #[command(long_about = DAEMON_ABOUT, after_long_help = DAEMON_DEPLOY)]
+    Daemon(DaemonArgs),
 }
 
 const PROXY_ABOUT: &str = "\
@@ -107,6 +110,68 @@ Deployment:
 Rollout: run with enforce = false for at least one tag lifetime after signing began,
 check the verdicts in the log and the X-BATV: headers, then set enforce = true and send
 SIGHUP.";
+
+const DAEMON_ABOUT: &str = "\
+BATV inside Postfix, without a proxy hop: one server for Postfix's socketmap tables and
+its policy delegation protocol, and for Exim's ${readsocket}. Each connection speaks one
+of them, told apart by its first bytes.
+
+socketmap (socketmap_table(5)): the map `sign` answers OK with the tagged address for an
+envelope sender of sign_domains, and `strip` answers OK with the original address for a
+recipient with an authentic tag (valid or expired). Everything else answers NOTFOUND:
+foreign and invalid addresses, the null sender, tagged and SRS addresses, partial keys.
+Never PERM (Postfix would defer the mail) except for a map name it should not ask for.
+
+policy (SMTPD_POLICY_README): at protocol_state=RCPT with an empty sender, a protected
+recipient without a valid tag gets action=550 5.7.1, anything else DUNNO; exemptions as
+in the proxy (<Postmaster>, postmaster@ and abuse@, SRS, local parts too long to sign,
+trusted_relays as client_address). With daemon.reject_at = \"data\" the first bounce
+recipient of a transaction (Postfix's instance attribute) sets its verdict, a differing
+one gets 452 4.5.3, and backscatter is refused at protocol_state=DATA. With enforce =
+false (monitor) nothing is refused: the message gets one `X-BATV: backscatter; ...;
+mode=monitor` header (action=PREPEND) and the log says what would have happened.
+
+Exim: one line, `sign ADDRESS`, `strip ADDRESS` or `verify ADDRESS`, then end of request
+(newline or half-close). Answers one line and closes: OK VALUE or NOTFOUND for sign and
+strip; for verify (of a bounce's recipient) OK ORIGINAL (a valid tag), DUNNO REASON (not
+ours to refuse), or REJECT REASON (backscatter: untagged, expired, bad-signature, ...;
+DUNNO monitor REASON when not enforcing).
+
+Keys and configuration reload on SIGHUP, and the keys also when their directory changes;
+SIGUSR1 logs the counters; SIGTERM stops. The daemon never creates a key (exit 78).";
+
+const DAEMON_DEPLOY: &str = "\
+Postfix (socket daemon.listen = [\"unix:/var/spool/postfix/private/batv\"]; smtpd and
+cleanup resolve private/batv from the queue directory, chrooted or not):
+
+  main.cf:
+    recipient_canonical_maps = socketmap:unix:private/batv:strip
+    recipient_canonical_classes = envelope_recipient
+    smtpd_recipient_restrictions = permit_mynetworks, reject_unauth_destination,
+        check_policy_service unix:private/batv
+  master.cf: signing only in a cleanup of its own, for outbound mail:
+    submission inet n - y - - smtpd
+      -o cleanup_service_name=signcleanup
+    pickup    unix n - y 60 1 pickup
+      -o cleanup_service_name=signcleanup
+    signcleanup unix n - y - 0 cleanup
+      -o sender_canonical_maps=socketmap:unix:private/batv:sign
+      -o sender_canonical_classes=envelope_sender
+
+Never sign in the shared cleanup: mail arriving from outside with our domain as sender
+would leave signed in its bounces and let the backscatter in. check_policy_service goes
+after reject_unauth_destination (never an open relay by DUNNO). The strip map's answer
+also makes smtpd count a tagged recipient as known to reject_unlisted_recipient; only an
+authentic tag gets one, so made-up tags stay unknown. Postfix looks up the strip key
+lower-cased: use the native scheme (case-insensitive) with Postfix, or prvs only for
+lower-case local parts. Probe with postmap -q ADDRESS socketmap:unix:PATH:sign.";
+
+#[derive(Debug, Args)]
+pub struct DaemonArgs {
+    /// Listen here instead of daemon.listen: unix:/PATH or inet:127.0.0.1:PORT (repeatable)
+    #[arg(long, value_name = "SPEC")]
+    pub listen: Vec<crate::config::Listen>,
+}
 
 #[derive(Debug, Args)]
 pub struct ProxyArgs {

@@ -111,6 +111,7 @@ pub fn run(cli: Cli) -> u8 {
         Command::Config(c) => config_cmd(&ctx, c),
         Command::Sendmail(a) => Ok(wrapper(ctx, OsString::from("sendmail")).run(a.args)),
         Command::Proxy(a) => proxy(ctx, a),
+        Command::Daemon(a) => daemon(ctx, a),
     });
     match result {
         Ok(code) => code,
@@ -154,6 +155,39 @@ fn proxy(ctx: Context, a: crate::cli::ProxyArgs) -> Result<u8, CliError> {
             None => None,
         };
         proxy::serve(listener, shared, source, config, metrics).await
+    });
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
+    served?;
+    Ok(EX_OK)
+}
+
+fn daemon(ctx: Context, a: crate::cli::DaemonArgs) -> Result<u8, CliError> {
+    use crate::daemon;
+    let invalid = |detail: String| {
+        CliError::Config(config::ConfigError::Invalid {
+            path: ctx.config_path.clone(),
+            detail: format!(" {detail}"),
+        })
+    };
+    let config = ctx.config.clone();
+    let listen = if a.listen.is_empty() {
+        config.daemon.listen.clone()
+    } else {
+        a.listen
+    };
+    let store = ctx.store()?;
+    let keys = crate::keys::startup_keys(&store)?;
+    let max_connections = config.daemon.max_connections.get() as usize;
+    let mode = config.daemon.socket_mode();
+    let shared = std::sync::Arc::new(daemon::Shared::new(config, keys, ctx.fixed_now.then_some(ctx.now)).map_err(invalid)?);
+    let source = daemon::Source {
+        config: ctx.config_path.clone(),
+        store,
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let served = rt.block_on(async move {
+        let listeners = daemon::bind(&listen, mode)?;
+        daemon::serve(listeners, shared, source, max_connections).await
     });
     rt.shutdown_timeout(std::time::Duration::from_secs(1));
     served?;

@@ -115,6 +115,154 @@ pub struct Config {
     pub sendmail: SendmailConfig,
     #[serde(default)]
     pub proxy: ProxyConfig,
+    #[serde(default)]
+    pub daemon: DaemonConfig,
+}
+
+/// Where `batv daemon` listens: a unix socket, or TCP on loopback (it has no
+/// authentication of its own).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Listen {
+    Unix(PathBuf),
+    Inet(std::net::SocketAddr),
+}
+
+impl std::str::FromStr for Listen {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if let Some(path) = s.strip_prefix("unix:") {
+            if !path.starts_with('/') {
+                return Err(format!("{s:?}: the socket path must be absolute"));
+            }
+            return Ok(Listen::Unix(PathBuf::from(path)));
+        }
+        let Some(addr) = s.strip_prefix("inet:") else {
+            return Err(format!("{s:?}: expected unix:/path or inet:127.0.0.1:PORT"));
+        };
+        let a: std::net::SocketAddr = addr.parse().map_err(|e| format!("{s:?}: {e}"))?;
+        if !a.ip().is_loopback() {
+            return Err(format!(
+                "{s:?}: TCP on loopback only (127.0.0.1 or [::1]); the daemon has no authentication"
+            ));
+        }
+        Ok(Listen::Inet(a))
+    }
+}
+
+impl std::fmt::Display for Listen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Listen::Unix(p) => write!(f, "unix:{}", p.display()),
+            Listen::Inet(a) => write!(f, "inet:{a}"),
+        }
+    }
+}
+
+impl Serialize for Listen {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Listen {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// `batv daemon`: Postfix socketmap and policy service, Exim `${readsocket}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DaemonConfig {
+    #[serde(default = "default_daemon_listen", deserialize_with = "listen_list")]
+    pub listen: Vec<Listen>,
+    /// Permissions of the unix sockets (octal); the directory they are in decides who
+    /// reaches them.
+    #[serde(default = "default_socket_mode", deserialize_with = "socket_mode")]
+    pub socket_mode: String,
+    #[serde(default = "default_daemon_max_connections")]
+    pub max_connections: NonZeroU32,
+    /// Longest request (a netstring, a policy request, a line) in octets.
+    #[serde(default = "default_request_limit", deserialize_with = "request_limit")]
+    pub request_limit: u32,
+    /// A connection with no request for this long is closed (Postfix's own idle limits
+    /// are shorter: 10 s for socketmap, 300 s for the policy client).
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout_ms: u64,
+    /// "rcpt" refuses a backscatter recipient at once; "data" gives the proxy's one
+    /// verdict per transaction and needs the service in smtpd_data_restrictions too.
+    #[serde(default = "default_daemon_reject_at")]
+    pub reject_at: RejectAt,
+    #[serde(default = "yes")]
+    pub enforce: bool,
+    #[serde(default, deserialize_with = "date_opt", skip_serializing_if = "Option::is_none")]
+    pub enforce_after: Option<String>,
+    #[serde(default, deserialize_with = "nets")]
+    pub trusted_relays: Vec<String>,
+}
+
+fn default_daemon_listen() -> Vec<Listen> {
+    vec![Listen::Unix(PathBuf::from("/var/spool/postfix/private/batv"))]
+}
+fn listen_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Listen>, D::Error> {
+    let v = Vec::<Listen>::deserialize(d)?;
+    if v.is_empty() {
+        return Err(serde::de::Error::custom("at least one listener"));
+    }
+    Ok(v)
+}
+fn default_socket_mode() -> String {
+    "0666".into()
+}
+fn socket_mode<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let s = String::deserialize(d)?;
+    match u32::from_str_radix(&s, 8) {
+        Ok(m) if m <= 0o777 => Ok(s),
+        _ => Err(serde::de::Error::custom(format!("{s:?}: an octal mode such as \"0660\""))),
+    }
+}
+fn default_daemon_max_connections() -> NonZeroU32 {
+    NonZeroU32::new(200).unwrap_or(NonZeroU32::MIN)
+}
+fn default_request_limit() -> u32 {
+    16_384
+}
+fn request_limit<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    let v = i64::deserialize(d)?;
+    if (512..=1_048_576).contains(&v) {
+        Ok(v as u32)
+    } else {
+        Err(serde::de::Error::custom(format!("must be 512 to 1048576, got {v}")))
+    }
+}
+fn default_idle_timeout() -> u64 {
+    600_000
+}
+fn default_daemon_reject_at() -> RejectAt {
+    RejectAt::Rcpt
+}
+
+impl DaemonConfig {
+    /// The unix sockets' mode (validated when read).
+    pub fn socket_mode(&self) -> u32 {
+        u32::from_str_radix(&self.socket_mode, 8).unwrap_or(0o666)
+    }
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        DaemonConfig {
+            listen: default_daemon_listen(),
+            socket_mode: default_socket_mode(),
+            max_connections: default_daemon_max_connections(),
+            request_limit: default_request_limit(),
+            idle_timeout_ms: default_idle_timeout(),
+            reject_at: default_daemon_reject_at(),
+            enforce: true,
+            enforce_after: None,
+            trusted_relays: vec![],
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -307,6 +455,7 @@ impl Default for Config {
             protected_domains: None,
             sendmail: SendmailConfig::default(),
             proxy: ProxyConfig::default(),
+            daemon: DaemonConfig::default(),
         }
     }
 }

@@ -241,6 +241,18 @@ impl KeySet {
 }
 
 /// Parse a key id argument.
+/// Load the keys a daemon starts with: a daemon never invents one.
+pub fn startup_keys(store: &KeyStore) -> Result<KeySet, KeyError> {
+    let keys = store.load()?;
+    if keys.is_empty() {
+        return Err(KeyError::Corrupt {
+            path: store.dir().to_path_buf(),
+            reason: "no keys; a daemon never creates one (run `batv keys init`)".into(),
+        });
+    }
+    Ok(keys)
+}
+
 pub fn parse_id(s: &str) -> Result<u8, KeyError> {
     match s.as_bytes() {
         [d @ b'0'..=b'9'] => Ok(d - b'0'),
@@ -276,6 +288,24 @@ impl KeyStore {
             None => None,
         };
         Ok(KeyStore { dir: dir.into(), group })
+    }
+
+    /// A change stamp for the directory (every file's name, mtime and inode), for the
+    /// daemons' reload on change.
+    pub fn stamp(&self) -> Vec<(String, std::time::SystemTime, u64)> {
+        let mut v: Vec<_> = std::fs::read_dir(&self.dir)
+            .map(|rd| {
+                rd.flatten()
+                    .filter_map(|e| {
+                        let name = e.file_name().to_string_lossy().into_owned();
+                        let m = std::fs::metadata(e.path()).ok()?;
+                        Some((name, m.modified().ok()?, std::os::unix::fs::MetadataExt::ino(&m)))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
     }
 
     pub fn dir(&self) -> &Path {

@@ -11,7 +11,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use tokio::io::BufReader;
 use tokio::net::{TcpListener, TcpStream};
@@ -22,93 +22,12 @@ use crate::address::DomainSet;
 use crate::bounce::{self, CheckVerdict};
 use crate::config::{Config, FrontProtocol, IpNet, ProxyMode, RejectAt};
 use crate::front::{self, ClientIo};
-use crate::keys::{KeyError, KeySet, KeyStore};
+use crate::keys::{KeySet, KeyStore};
 use crate::session::{Decision, End, Limits, Policy, Session};
 use crate::smtp::{self, Reply, SmtpError};
-use crate::tag::{self, Verdict};
+use crate::tag;
 
-/// A recipient's standing in a null-sender transaction.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TxVerdict {
-    BounceOk,
-    Backscatter,
-}
-
-/// How one recipient was judged, and the path to relay.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Judgement {
-    pub verdict: TxVerdict,
-    /// Stable name for logs: valid, exempt-postmaster, untagged, expired, ...
-    pub reason: &'static str,
-    /// The address without its tag, if the tag is authentic (valid or expired).
-    pub stripped: Option<String>,
-    pub key: Option<u8>,
-    pub days_left: Option<i32>,
-}
-
-/// Judge one recipient of a bounce (also used for non-bounces, for the stripping).
-pub fn judge(path: &str, keys: &KeySet, protected: &DomainSet, today: i64) -> Judgement {
-    let ok = |reason| Judgement {
-        verdict: TxVerdict::BounceOk,
-        reason,
-        stripped: None,
-        key: None,
-        days_left: None,
-    };
-    // RFC 5321 §4.5.1: <Postmaster> without a domain is always accepted.
-    if path.eq_ignore_ascii_case("postmaster") {
-        return ok("exempt-postmaster");
-    }
-    // Parsed once: the tag check and the exemptions below share it.
-    let Ok(addr) = crate::address::parse(path) else {
-        // Not an address: the downstream will say so.
-        return ok("not-an-address");
-    };
-    let domain = addr.domain;
-    let verdict = match tag::classify(path, addr) {
-        tag::Parsed::Untagged(a) => {
-            if !protected.contains(domain) {
-                return ok("not-protected");
-            }
-            if a.local.eq_ignore_ascii_case("postmaster") || a.local.eq_ignore_ascii_case("abuse") {
-                return ok("exempt-role");
-            }
-            if tag::is_srs(&a.local) {
-                return ok("exempt-srs");
-            }
-            // The signer leaves these untagged (either scheme), so bounces to them are real.
-            if tag::too_long_to_sign(&a.local, tag::Scheme::Native) {
-                return ok("exempt-too-long");
-            }
-            Verdict::Untagged
-        }
-        tag::Parsed::Malformed(why) => Verdict::Malformed(why),
-        tag::Parsed::Tagged(t) => tag::check(t, today, |k| keys.get(k)),
-    };
-    if let Verdict::Valid(c) | Verdict::Expired(c) = &verdict {
-        let valid = verdict.is_valid();
-        return Judgement {
-            verdict: if valid { TxVerdict::BounceOk } else { TxVerdict::Backscatter },
-            reason: if valid { "valid" } else { "expired" },
-            stripped: Some(c.original.to_string()),
-            key: Some(c.key_id),
-            days_left: Some(c.days_left),
-        };
-    }
-    if !protected.contains(domain) {
-        return ok("not-protected");
-    }
-    Judgement {
-        verdict: TxVerdict::Backscatter,
-        reason: verdict.reason(),
-        stripped: None,
-        key: match verdict {
-            Verdict::UnknownKey(k) => Some(k),
-            _ => None,
-        },
-        days_left: None,
-    }
-}
+pub use crate::verdict::{judge, Judgement, TxVerdict};
 
 /// Counters per verdict and per key id (how often each key still validates tags).
 #[derive(Debug, Default)]
@@ -530,7 +449,9 @@ impl Policy for Verify<'_> {
         let action = if self.enforce { "refused-at-data" } else { "delivered-monitor" };
         crate::logln!(
             "batv-proxy: session={:x} client={} sender=<> verdict=backscatter reason={} action={action}",
-            self.session, self.client, self.reason
+            self.session,
+            self.client,
+            self.reason
         );
         if !self.enforce {
             c.monitored_transactions.fetch_add(1, Ordering::Relaxed);
@@ -803,23 +724,6 @@ async fn front_session(
     Ok(())
 }
 
-/// A change stamp for the keys directory (manifest and secrets), for reloads.
-fn stamp(dir: &std::path::Path) -> Vec<(String, SystemTime, u64)> {
-    let mut v: Vec<_> = std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.flatten()
-                .filter_map(|e| {
-                    let name = e.file_name().to_string_lossy().into_owned();
-                    let m = std::fs::metadata(e.path()).ok()?;
-                    Some((name, m.modified().ok()?, std::os::unix::fs::MetadataExt::ino(&m)))
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    v.sort();
-    v
-}
-
 /// Reload the keys: all or nothing; a bad new set keeps the old one.
 pub fn reload_keys(shared: &Shared, store: &KeyStore) {
     match store.load() {
@@ -889,17 +793,7 @@ impl Source {
     }
 }
 
-/// Load the keys a daemon starts with: never invents one (exit 78 without).
-pub fn startup_keys(store: &KeyStore) -> Result<KeySet, KeyError> {
-    let keys = store.load()?;
-    if keys.is_empty() {
-        return Err(KeyError::Corrupt {
-            path: store.dir().to_path_buf(),
-            reason: "no keys; a daemon never creates one (run `batv keys init`)".into(),
-        });
-    }
-    Ok(keys)
-}
+pub use crate::keys::startup_keys;
 
 /// Answer each connection with the counters as Prometheus text, HTTP/1.0 style.
 async fn serve_metrics(listener: TcpListener, shared: Arc<Shared>) {
@@ -956,7 +850,7 @@ pub async fn serve(
     let max_connections = running.proxy.max_connections.get() as usize;
     let limit = Arc::new(Semaphore::new(max_connections));
     let mut poll = tokio::time::interval(Duration::from_secs(2));
-    let mut last = stamp(source.store.dir());
+    let mut last = source.store.stamp();
     let mut next_id: u64 = (crate::time::system_now() as u64) << 16;
     if let Some(m) = metrics {
         crate::logln!("batv-proxy: metrics on http://{}/metrics", m.local_addr()?);
@@ -975,7 +869,9 @@ pub async fn serve(
             s.enforcing(shared.now()),
         );
         if s.mode == ProxyMode::Front && s.tls.is_none() {
-            crate::logln!("batv-proxy: warning: front mode without proxy.tls_cert: no STARTTLS, so MTA-STS and DANE senders will not deliver");
+            crate::logln!(
+                "batv-proxy: warning: front mode without proxy.tls_cert: no STARTTLS, so MTA-STS and DANE senders will not deliver"
+            );
         }
     }
     loop {
@@ -1010,7 +906,7 @@ pub async fn serve(
             }
             _ = hup.recv() => source.reload(&shared, &running),
             _ = poll.tick() => {
-                let now = stamp(source.store.dir());
+                let now = source.store.stamp();
                 if now != last {
                     last = now;
                     reload_keys(&shared, &source.store);
