@@ -204,6 +204,11 @@ fn parse_full(s: &str) -> Result<Address<'_>, AddressError> {
 /// dot-atom at an ASCII domain name. `None` sends anything else (quoting, UTF-8, address
 /// literals, every error) to the full parser, which also words the errors.
 pub(crate) fn plain(s: &str) -> Option<Address<'_>> {
+    plain_from(s, 0)
+}
+
+/// [`plain`], for an `s` whose first `start` octets are known to be dot-atom characters.
+pub(crate) fn plain_from(s: &str, start: usize) -> Option<Address<'_>> {
     const fn ascii_only(t: [bool; 256]) -> [bool; 256] {
         let mut t = t;
         let mut b = 0x80;
@@ -216,7 +221,8 @@ pub(crate) fn plain(s: &str) -> Option<Address<'_>> {
     const LOCAL: [bool; 256] = ascii_only(DOT_ATOM);
     const NAME: [bool; 256] = ascii_only(DOMAIN);
     let b = s.as_bytes();
-    let at = b.iter().position(|&c| !LOCAL[c as usize])?;
+    debug_assert!(b[..start].iter().all(|&c| LOCAL[c as usize]));
+    let at = start + b.get(start..)?.iter().position(|&c| !LOCAL[c as usize])?;
     if b[at] != b'@' || at == 0 {
         return None;
     }

@@ -627,7 +627,15 @@ fn verify_plain<'a, 'k>(s: &'a str, today: i64, keys: &impl Fn(u8) -> Option<&'k
         return None;
     }
     let rest = PREFIX.len() + n + 1;
-    let addr = address::plain(s)?;
+    // `prvs=`, K, DDD, '=' are dot-atom characters; so is the hash, once decoded below.
+    let hash_ok = match scheme {
+        Scheme::Prvs => hash.iter().all(u8::is_ascii_hexdigit),
+        Scheme::Native => hash.iter().all(|c| matches!(c, b'a'..=b'z' | b'A'..=b'Z' | b'2'..=b'7')),
+    };
+    if !hash_ok {
+        return None;
+    }
+    let addr = address::plain_from(s, rest)?;
     if rest >= addr.local.len() {
         return None;
     }
