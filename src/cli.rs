@@ -141,21 +141,22 @@ Keys and configuration reload on SIGHUP, and the keys also when their directory 
 SIGUSR1 logs the counters; SIGTERM stops. The daemon never creates a key (exit 78).";
 
 const DAEMON_DEPLOY: &str = "\
-Postfix (socket daemon.listen = [\"unix:/var/spool/postfix/private/batv\"]; smtpd and
-cleanup resolve private/batv from the queue directory, chrooted or not):
+Postfix (socket daemon.listen = [\"unix:/var/spool/postfix/batv/batv.sock\"]; smtpd and
+cleanup resolve batv/batv.sock from the queue directory, chrooted or not; create the
+directory with install -d -o batv -g postfix -m 0750 /var/spool/postfix/batv):
 
   main.cf:
-    recipient_canonical_maps = socketmap:unix:private/batv:strip
+    recipient_canonical_maps = socketmap:unix:batv/batv.sock:strip
     recipient_canonical_classes = envelope_recipient
     smtpd_recipient_restrictions = permit_mynetworks, reject_unauth_destination,
-        check_policy_service unix:private/batv
+        check_policy_service unix:batv/batv.sock
   master.cf: signing only in a cleanup of its own, for outbound mail:
     submission inet n - y - - smtpd
       -o cleanup_service_name=signcleanup
     pickup    unix n - y 60 1 pickup
       -o cleanup_service_name=signcleanup
     signcleanup unix n - y - 0 cleanup
-      -o sender_canonical_maps=socketmap:unix:private/batv:sign
+      -o sender_canonical_maps=socketmap:unix:batv/batv.sock:sign
       -o sender_canonical_classes=envelope_sender
 
 Never sign in the shared cleanup: mail arriving from outside with our domain as sender

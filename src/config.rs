@@ -202,7 +202,7 @@ pub struct DaemonConfig {
 }
 
 fn default_daemon_listen() -> Vec<Listen> {
-    vec![Listen::Unix(PathBuf::from("/var/spool/postfix/private/batv"))]
+    vec![Listen::Unix(PathBuf::from("/var/spool/postfix/batv/batv.sock"))]
 }
 fn listen_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Listen>, D::Error> {
     let v = Vec::<Listen>::deserialize(d)?;
