@@ -74,6 +74,7 @@ impl Drop for Sink {
     }
 }
 
+pub mod daemon;
 pub mod postfix;
 pub mod proxy;
 
