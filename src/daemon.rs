@@ -279,7 +279,18 @@ impl Shared {
                 Ok(m) => m,
                 Err(p) => p.into_inner(),
             };
-            let inst = remember(&mut instances, instance, now);
+            // Without an instance attribute each request stands alone.
+            let mut alone = Instance {
+                verdict: None,
+                reason: "",
+                marked: false,
+                seen: now,
+            };
+            let inst = if instance.is_empty() {
+                &mut alone
+            } else {
+                remember(&mut instances, instance, now)
+            };
             let first = inst.verdict;
             if first.is_none() {
                 inst.verdict = Some(j.verdict);
@@ -326,6 +337,9 @@ impl Shared {
         let state = self.state();
         let now = self.now();
         if state.settings.reject_at != RejectAt::Data || !state.settings.enforcing(now) {
+            return "DUNNO".into();
+        }
+        if instance.is_empty() {
             return "DUNNO".into();
         }
         let verdict = match self.instances.lock() {
@@ -859,6 +873,73 @@ mod tests {
             assert!(e.contains(why), "{bad:?}: {e}");
         }
         assert_eq!(netstring("OK a@b"), b"6:OK a@b,");
+    }
+
+    fn shared(extra: impl FnOnce(&mut Config)) -> Shared {
+        use crate::keys::{Key, KeyInfo, Secret, State as KeyState};
+        let secret = Secret::new(b"test".to_vec()).unwrap();
+        let key = Key {
+            tag: tag::TagKey::new(secret.expose()),
+            info: KeyInfo {
+                id: 2,
+                state: KeyState::Active,
+                created: 0,
+                activated: None,
+                retired: None,
+                fingerprint: secret.fingerprint(),
+            },
+            secret,
+        };
+        let mut config = Config {
+            sign_domains: vec!["example.org".into()],
+            ..Config::default()
+        };
+        extra(&mut config);
+        Shared::new(config, KeySet::from_keys(vec![key]).unwrap(), Some(20_780 * 86_400)).unwrap()
+    }
+
+    fn request(lines: &[&str]) -> PolicyRequest {
+        let mut r = PolicyRequest::default();
+        for l in ["request=smtpd_access_policy", "protocol_state=RCPT", "sender="]
+            .iter()
+            .chain(lines)
+        {
+            assert!(r.push_line(l));
+        }
+        r
+    }
+
+    #[test]
+    fn policy_state_is_per_instance_and_none_without_one() {
+        let d = shared(|c| {
+            c.daemon.reject_at = RejectAt::Data;
+            c.daemon.enforce = false;
+        });
+        let tagged = match d.lookup(b"sign bob@example.org").strip_prefix("OK ") {
+            Some(t) => t.to_string(),
+            None => panic!("sign"),
+        };
+        // Monitor: one mark per transaction; transactions without an instance stand alone.
+        for instance in ["instance=a", "instance=b"] {
+            assert!(d
+                .policy(&request(&["recipient=bob@example.org", instance]))
+                .starts_with("PREPEND X-BATV: backscatter"));
+            assert_eq!(d.policy(&request(&["recipient=alice@example.org", instance])), "DUNNO");
+            assert!(d
+                .policy(&request(&[&format!("recipient={tagged}"), instance]))
+                .starts_with("452 4.5.3"));
+        }
+        for _ in 0..2 {
+            assert!(d.policy(&request(&["recipient=bob@example.org"])).starts_with("PREPEND"));
+            assert_eq!(d.policy(&request(&[&format!("recipient={tagged}")])), "DUNNO");
+        }
+        // Monitor never refuses at DATA.
+        assert_eq!(d.policy(&request(&["protocol_state=DATA", "instance=a"])), "DUNNO");
+        let d = shared(|c| c.daemon.reject_at = RejectAt::Data);
+        assert_eq!(d.policy(&request(&["recipient=bob@example.org", "instance=c"])), "DUNNO");
+        assert!(d.policy(&request(&["protocol_state=DATA", "instance=c"])).starts_with("550 5.7.1"));
+        assert_eq!(d.policy(&request(&["protocol_state=DATA"])), "DUNNO");
+        assert_eq!(d.policy(&request(&["protocol_state=DATA", "instance=unknown"])), "DUNNO");
     }
 
     #[test]
