@@ -1,8 +1,9 @@
 //! batv: Bounce Address Tag Validation.
 //!
-//! The core (`address`, `tag`, `keys`, `config`, `signer`, `time`) knows nothing of the
-//! modes that use it. The SMTP layer (`smtp`, `session`) and the modes (`sendmail`) sit on
-//! it, and the CLI (`cli`, `commands`) on top. The library never exits the process.
+//! The core (`address`, `tag`, `keys`, `config`, `signer`, `verdict`, `bounce`, `time`)
+//! knows nothing of the modes that use it. The SMTP layer (`smtp`, `session`) and the
+//! modes (`sendmail`, `proxy`, `daemon`) sit on it, and the CLI (`cli`, `commands`) on
+//! top. The library never exits the process.
 
 pub mod address;
 pub mod bounce;
