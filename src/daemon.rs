@@ -876,20 +876,7 @@ mod tests {
     }
 
     fn shared(extra: impl FnOnce(&mut Config)) -> Shared {
-        use crate::keys::{Key, KeyInfo, Secret, State as KeyState};
-        let secret = Secret::new(b"test".to_vec()).unwrap();
-        let key = Key {
-            tag: tag::TagKey::new(secret.expose()),
-            info: KeyInfo {
-                id: 2,
-                state: KeyState::Active,
-                created: 0,
-                activated: None,
-                retired: None,
-                fingerprint: secret.fingerprint(),
-            },
-            secret,
-        };
+        let key = crate::keys::test_key();
         let mut config = Config {
             sign_domains: vec!["example.org".into()],
             ..Config::default()

@@ -241,6 +241,24 @@ impl KeySet {
 }
 
 /// Parse a key id argument.
+/// An active key with id 2 and secret `test`, for unit tests.
+#[cfg(test)]
+pub(crate) fn test_key() -> Key {
+    let secret = Secret::new(b"test".to_vec()).unwrap();
+    Key {
+        tag: crate::tag::TagKey::new(secret.expose()),
+        info: KeyInfo {
+            id: 2,
+            state: State::Active,
+            created: 0,
+            activated: None,
+            retired: None,
+            fingerprint: secret.fingerprint(),
+        },
+        secret,
+    }
+}
+
 /// Load the keys a daemon starts with: a daemon never invents one.
 pub fn startup_keys(store: &KeyStore) -> Result<KeySet, KeyError> {
     let keys = store.load()?;

@@ -65,22 +65,9 @@ impl Signer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::keys::{Key, KeyInfo, Secret, State};
 
     pub fn signer(domains: &[&str]) -> Signer {
-        let secret = Secret::new(b"test".to_vec()).unwrap();
-        let key = Key {
-            tag: tag::TagKey::new(secret.expose()),
-            info: KeyInfo {
-                id: 2,
-                state: State::Active,
-                created: 0,
-                activated: None,
-                retired: None,
-                fingerprint: secret.fingerprint(),
-            },
-            secret,
-        };
+        let key = crate::keys::test_key();
         let config = Config {
             sign_domains: domains.iter().map(|d| d.to_string()).collect(),
             ..Config::default()
