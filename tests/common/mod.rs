@@ -140,3 +140,6 @@ pub fn exim_secret_store(dir: &Path) {
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }
+
+/// `batv daemon` under test (tests/daemon.rs).
+pub mod daemon_proc;
