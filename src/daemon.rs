@@ -35,8 +35,9 @@ use crate::verdict::{judge, TxVerdict};
 /// Longest a request may take to arrive once it has begun (Postfix's own socketmap and
 /// policy timeouts are 100 s).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(100);
-/// Transactions remembered for `reject_at = "data"` and monitor marks, and for how long.
-const MAX_INSTANCES: usize = 10_000;
+/// Transactions remembered for `reject_at = "data"` and monitor marks (about 100 octets
+/// each), and for how long.
+const MAX_INSTANCES: usize = 50_000;
 const INSTANCE_TTL: i64 = 3600;
 
 const REFUSE_RCPT: &str = "550 5.7.1 Backscatter refused: this address never sent the message you are bouncing (BATV)";
@@ -279,24 +280,28 @@ impl Shared {
                 Ok(m) => m,
                 Err(p) => p.into_inner(),
             };
-            // Without an instance attribute each request stands alone.
+            // Without an instance attribute, or with the table full, a request stands
+            // alone and its verdict is given at once (as reject_at = "rcpt" does): a
+            // transaction without state must not reach DATA unjudged.
             let mut alone = Instance {
                 verdict: None,
                 reason: "",
                 marked: false,
                 seen: now,
             };
-            let inst = if instance.is_empty() {
-                &mut alone
+            let remembered = if instance.is_empty() {
+                None
             } else {
-                remember(&mut instances, instance, now)
+                remember(&mut instances, instance, now, MAX_INSTANCES)
             };
+            let reject_at = if remembered.is_some() { s.reject_at } else { RejectAt::Rcpt };
+            let inst = remembered.unwrap_or(&mut alone);
             let first = inst.verdict;
             if first.is_none() {
                 inst.verdict = Some(j.verdict);
                 inst.reason = j.reason;
             }
-            match (j.verdict, s.reject_at) {
+            match (j.verdict, reject_at) {
                 (_, RejectAt::Data) if first.is_some_and(|v| v != j.verdict) => {
                     c.deferred.fetch_add(1, Ordering::Relaxed);
                     (DEFER_MIXED.into(), "deferred-452")
@@ -394,13 +399,14 @@ impl Shared {
     }
 }
 
-/// The instance's entry, created if new; old entries go when the table is full.
-fn remember<'m>(map: &'m mut HashMap<String, Instance>, instance: &str, now: i64) -> &'m mut Instance {
-    if map.len() >= MAX_INSTANCES && !map.contains_key(instance) {
+/// The instance's entry, created if new. Entries older than an hour go when the table is
+/// full; if it is still full (a flood of bounces), a new transaction gets no entry, and
+/// never at the cost of one in progress: None.
+fn remember<'m>(map: &'m mut HashMap<String, Instance>, instance: &str, now: i64, capacity: usize) -> Option<&'m mut Instance> {
+    if map.len() >= capacity && !map.contains_key(instance) {
         map.retain(|_, i| now - i.seen < INSTANCE_TTL);
-        if map.len() >= MAX_INSTANCES {
-            // Bounded memory; a forgotten transaction only loses its 452 consistency.
-            map.clear();
+        if map.len() >= capacity {
+            return None;
         }
     }
     let e = map.entry(instance.to_string()).or_insert(Instance {
@@ -410,7 +416,7 @@ fn remember<'m>(map: &'m mut HashMap<String, Instance>, instance: &str, now: i64
         seen: now,
     });
     e.seen = now;
-    e
+    Some(e)
 }
 
 fn verdict_name(v: TxVerdict) -> &'static str {
@@ -456,8 +462,6 @@ enum ProtoError {
     TooLong(usize),
     #[error("policy request line without '=': {0:?}")]
     NotAttribute(String),
-    #[error("request not in UTF-8")]
-    NotUtf8,
     #[error("connection closed in the middle of a request")]
     Truncated,
     #[error("no complete request within {0:?}")]
@@ -509,7 +513,7 @@ async fn read_line<R: AsyncBufReadExt + Unpin>(r: &mut R, limit: usize) -> Resul
     loop {
         let buf = r.fill_buf().await?;
         if buf.is_empty() {
-            return String::from_utf8(line).map(|l| (l, true)).map_err(|_| ProtoError::NotUtf8);
+            return Ok((String::from_utf8_lossy(&line).into_owned(), true));
         }
         let (take, done) = match buf.iter().position(|&b| b == b'\n') {
             Some(i) => (i + 1, true),
@@ -525,7 +529,9 @@ async fn read_line<R: AsyncBufReadExt + Unpin>(r: &mut R, limit: usize) -> Resul
             if line.last() == Some(&b'\r') {
                 line.pop();
             }
-            return String::from_utf8(line).map(|l| (l, false)).map_err(|_| ProtoError::NotUtf8);
+            // Lossy: an attribute Postfix copied from a client (helo_name, say) may be any
+            // bytes; closing on it would give that client's mail a 451.
+            return Ok((String::from_utf8_lossy(&line).into_owned(), false));
         }
     }
 }
@@ -704,24 +710,21 @@ pub struct Source {
 }
 
 impl Source {
+    /// Every reload logs one closing line: `reloaded (...)`, or `not reloaded: ...`.
     fn reload(&self, shared: &Shared, config_too: bool) {
         let running = shared.config();
-        let config = if config_too {
+        let mut config = None;
+        if config_too {
             match Config::load(Some(&self.config)) {
                 Ok(c) => {
                     if c.daemon.listen != running.daemon.listen || c.daemon.max_connections != running.daemon.max_connections {
                         logln!("batv-daemon: daemon.listen or daemon.max_connections changed: takes effect at the next restart");
                     }
-                    Arc::new(c)
+                    config = Some(Arc::new(c));
                 }
-                Err(e) => {
-                    logln!("batv-daemon: configuration not reloaded: {e}; keeping the old one");
-                    running
-                }
+                Err(e) => logln!("batv-daemon: configuration not reloaded: {e}; keeping the old one"),
             }
-        } else {
-            running
-        };
+        }
         let keys = match self.store.load() {
             Ok(k) if !k.is_empty() => k,
             Ok(_) => {
@@ -736,15 +739,29 @@ impl Source {
                 shared.state().keys.clone()
             }
         };
-        match State::new(&config, keys) {
-            Ok(state) => {
-                if state.signer.is_none() {
-                    logln!("batv-daemon: warning: no active key: the sign map answers NOTFOUND (mail leaves unsigned)");
-                }
-                shared.replace(config, state);
-                logln!("batv-daemon: reloaded ({}keys)", if config_too { "configuration and " } else { "" });
+        let warn = |state: &State| {
+            if state.signer.is_none() {
+                logln!("batv-daemon: warning: no active key: the sign map answers NOTFOUND (mail leaves unsigned)");
             }
-            Err(e) => logln!("batv-daemon: not reloaded: {e}; keeping the old configuration"),
+        };
+        if let Some(config) = config {
+            match State::new(&config, keys.clone()) {
+                Ok(state) => {
+                    warn(&state);
+                    shared.replace(config, state);
+                    logln!("batv-daemon: reloaded (configuration and keys)");
+                    return;
+                }
+                Err(e) => logln!("batv-daemon: configuration not reloaded: {e}; keeping the old one"),
+            }
+        }
+        match State::new(&running, keys) {
+            Ok(state) => {
+                warn(&state);
+                shared.replace(running, state);
+                logln!("batv-daemon: reloaded (keys)");
+            }
+            Err(e) => logln!("batv-daemon: not reloaded: {e}"),
         }
     }
 }
@@ -927,6 +944,24 @@ mod tests {
         assert!(d.policy(&request(&["protocol_state=DATA", "instance=c"])).starts_with("550 5.7.1"));
         assert_eq!(d.policy(&request(&["protocol_state=DATA"])), "DUNNO");
         assert_eq!(d.policy(&request(&["protocol_state=DATA", "instance=unknown"])), "DUNNO");
+    }
+
+    #[test]
+    fn a_full_instance_table_keeps_the_transactions_in_progress() {
+        let mut m = HashMap::new();
+        for i in 0..3 {
+            assert!(remember(&mut m, &format!("t{i}"), 1000, 3).is_some());
+        }
+        // Full of fresh entries: a new one gets none, old ones keep theirs.
+        assert!(remember(&mut m, "new", 1000, 3).is_none());
+        assert!(remember(&mut m, "t0", 1001, 3).is_some());
+        // An hour on, stale entries make room.
+        assert!(remember(&mut m, "new", 1000 + INSTANCE_TTL, 3).is_some());
+        assert!(
+            m.contains_key("t0") && m.contains_key("new") && m.len() == 2,
+            "{:?}",
+            m.keys().collect::<Vec<_>>()
+        );
     }
 
     #[test]

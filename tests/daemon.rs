@@ -383,7 +383,6 @@ fn requests_split_across_many_writes() {
 /// younger than an hour it is cleared whole, in-flight transactions included, so a
 /// backscatter transaction whose first RCPT came before the clear is let through at DATA.
 #[test]
-#[ignore = "daemon bug: a full instance table (10 000 transactions within an hour) is cleared whole, and a transaction in flight loses its verdict: DATA of a backscatter transaction gets DUNNO"]
 fn policy_reject_at_data_survives_a_full_instance_table() {
     bounded(Duration::from_secs(60), || {
         let d = Daemon::start("[daemon]\nreject_at = \"data\"\n");
@@ -904,7 +903,6 @@ fn sighup_reloads_the_config_and_a_broken_one_is_kept_out() {
 /// A configuration SIGHUP could not load is logged as not reloaded, and nothing after
 /// says otherwise.
 #[test]
-#[ignore = "daemon bug: a config that fails to load on SIGHUP logs `configuration not reloaded ... keeping the old one` and then `reloaded (configuration and keys)`"]
 fn sighup_with_a_broken_config_does_not_log_reloaded() {
     bounded(LIMIT, || {
         let d = Daemon::start("");
