@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::daemon::Daemon;
+use common::daemon_proc::Daemon;
 use common::{require, run_bounded};
 
 /// The README's fenced block that holds the recipe: (ACL statements, router).
@@ -103,7 +103,7 @@ fn the_readme_acl_and_router_in_a_real_exim() {
     if !require("root, for exim -C with a private configuration", unsafe { libc::geteuid() } == 0) {
         return;
     }
-    let d = Daemon::start();
+    let d = Daemon::start("");
     let dir = tempfile::tempdir().unwrap();
     let conf = config(dir.path(), &d.sock);
     let bob = d.sign("bob@example.org");

@@ -10,13 +10,18 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::daemon::Daemon;
+use common::daemon_proc::{Daemon, NOW};
 use common::peers::{code, Client};
 use common::postfix::{can_run_postfix, free_port, Postfix};
 use common::proxy::{postfix_root, SmtpSink};
 
 /// Recipients the MX accepts for example.org (relay_recipient_maps).
 const USERS: [&str; 2] = ["alice@example.org", "bob@example.org"];
+
+/// `batv verify`: the original address if the tag is valid.
+fn verify(d: &Daemon, addr: &str) -> Option<String> {
+    d.store.verify(NOW, &[addr]).ok().and_then(|v| v.into_iter().next())
+}
 
 /// The tag with the first character of its hash changed (still well-formed).
 fn forge(tagged: &str) -> String {
@@ -45,7 +50,9 @@ fn site() -> Option<Site> {
     if !can_run_postfix() {
         return None;
     }
-    let daemon = Daemon::start();
+    let daemon = Daemon::start("");
+    // Postfix's smtpd and cleanup run as the postfix user: they must reach the socket.
+    std::fs::set_permissions(daemon.store.dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let sink = SmtpSink::start(&root, &[]);
     let (mx, submission) = (free_port(), free_port());
     let sock = daemon.sock.display().to_string();
@@ -65,7 +72,7 @@ smtpd_recipient_restrictions = reject_unauth_destination, check_policy_service i
 ",
         users = users.join(", "),
         sink = sink.port,
-        policy = daemon.port,
+        policy = daemon.tcp.port(),
     );
     let services = [
         format!("127.0.0.1:{mx} inet n - n - - smtpd"),
@@ -198,7 +205,7 @@ fn submission_signs_envelope_senders_and_the_mx_does_not() {
     let (from, _) = to(&got, "out1@remote.test");
     assert!(from.starts_with("prvs="), "alice's mail leaves signed: {got:?}");
     assert_eq!(
-        d.verify(from).as_deref(),
+        verify(d, from).as_deref(),
         Some("alice@example.org"),
         "{from} is a valid tag for alice"
     );
@@ -217,10 +224,10 @@ fn bounces_need_a_valid_tag_which_is_stripped_on_delivery() {
     let d = &site.daemon;
     let bob = d.sign("bob@example.org");
     let forged = forge(&bob);
-    let expired = d.sign_at("2026-09-01", "bob@example.org");
+    let expired = d.store.sign("2026-09-01", "bob@example.org");
     let unknown = forge(&d.sign("nosuch@example.org"));
     let alice = d.sign("alice@example.org");
-    assert_eq!(d.verify(&forged), None, "{forged} is forged");
+    assert_eq!(verify(d, &forged), None, "{forged} is forged");
 
     let r = transaction(site.mx, "", &["bob@example.org", &forged, &expired, &unknown, &bob]);
     let rcpt = |i: usize| &r[3 + i];
@@ -269,7 +276,7 @@ fn postmap_queries_the_socketmaps_on_both_listeners() {
     let Some(mut site) = site() else { return };
     let etc = site.pf.dir.path().join("etc");
     let unix = format!("socketmap:unix:{}", site.daemon.sock.display());
-    let inet = format!("socketmap:inet:127.0.0.1:{}", site.daemon.port);
+    let inet = format!("socketmap:inet:127.0.0.1:{}", site.daemon.tcp.port());
     let postmap = |key: &str, map: &str| -> (i32, String, String) {
         let o = Command::new(site.root.join("usr/sbin/postmap"))
             .env("LD_LIBRARY_PATH", site.root.join("usr/lib/postfix"))
@@ -292,7 +299,7 @@ fn postmap_queries_the_socketmaps_on_both_listeners() {
         let (rc, tagged, err) = postmap("alice@example.org", &format!("{map}:sign"));
         assert_eq!(rc, 0, "{map}:sign alice@example.org: {err}");
         assert!(tagged.starts_with("prvs="), "{tagged}");
-        assert_eq!(d.verify(&tagged).as_deref(), Some("alice@example.org"), "{map}: {tagged}");
+        assert_eq!(verify(d, &tagged).as_deref(), Some("alice@example.org"), "{map}: {tagged}");
         // Not found: no domain, a bare domain, a foreign domain, an already tagged address.
         for key in ["alice", "@example.org", "joe@other.test", &tagged] {
             let (rc, out, err) = postmap(key, &format!("{map}:sign"));
@@ -305,7 +312,7 @@ fn postmap_queries_the_socketmaps_on_both_listeners() {
         assert_eq!((rc, out.as_str()), (0, "bob@example.org"), "{map}:strip {bob}: {err}");
         // Expired but authentic: still stripped (a late bounce reaches its user's mailbox
         // only through the policy, which refuses it).
-        let old = d.sign_at("2026-09-01", "bob@example.org");
+        let old = d.store.sign("2026-09-01", "bob@example.org");
         let (rc, out, err) = postmap(&old, &format!("{map}:strip"));
         assert_eq!((rc, out.as_str()), (0, "bob@example.org"), "{map}:strip {old}: {err}");
         for key in [forge(&bob).as_str(), "bob@example.org", "bob"] {
@@ -314,8 +321,8 @@ fn postmap_queries_the_socketmaps_on_both_listeners() {
         }
     }
 
-    // SIGTERM stops it promptly.
-    let status = site.daemon.terminate();
-    assert!(status.is_some(), "batv daemon ignored SIGTERM: {}", site.daemon.log());
+    // SIGTERM stops it promptly (within 10 s).
+    let status = site.daemon.stop();
+    assert!(status.success(), "{status}: {}", site.daemon.log());
     assert!(site.daemon.log().contains("batv-daemon:"), "{}", site.daemon.log());
 }

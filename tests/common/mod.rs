@@ -74,7 +74,6 @@ impl Drop for Sink {
     }
 }
 
-pub mod daemon;
 pub mod postfix;
 pub mod proxy;
 
