@@ -329,7 +329,7 @@ impl Shared {
             client.escape_debug(),
             instance.escape_debug(),
             rcpt.escape_debug(),
-            verdict_name(j.verdict),
+            j.verdict.name(),
             j.reason,
             name,
             opt(j.key.map(|k| k.to_string())),
@@ -417,13 +417,6 @@ fn remember<'m>(map: &'m mut HashMap<String, Instance>, instance: &str, now: i64
     });
     e.seen = now;
     Some(e)
-}
-
-fn verdict_name(v: TxVerdict) -> &'static str {
-    match v {
-        TxVerdict::BounceOk => "bounce-ok",
-        TxVerdict::Backscatter => "backscatter",
-    }
 }
 
 /// A policy request's attributes (Postfix sends about 30; later ones win).

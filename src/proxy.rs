@@ -309,7 +309,7 @@ impl<'a> Verify<'a> {
             self.client,
             self.sender.as_deref().unwrap_or("").escape_debug(),
             rcpt.escape_debug(),
-            verdict_name(j.verdict),
+            j.verdict.name(),
             j.reason,
             action,
             opt(j.key.map(|k| k.to_string())),
@@ -319,13 +319,6 @@ impl<'a> Verify<'a> {
 
     fn bounce(&self) -> bool {
         self.sender.as_deref() == Some("")
-    }
-}
-
-fn verdict_name(v: TxVerdict) -> &'static str {
-    match v {
-        TxVerdict::BounceOk => "bounce-ok",
-        TxVerdict::Backscatter => "backscatter",
     }
 }
 
@@ -468,7 +461,7 @@ impl Policy for Verify<'_> {
     fn header(&mut self) -> Option<Vec<u8>> {
         // Monitor mode marks what it would have done, so an admin can sort and check.
         let v = self.verdict.filter(|_| !self.enforce && self.bounce())?;
-        Some(format!("X-BATV: {}; reason={}; mode=monitor\r\n", verdict_name(v), self.reason).into_bytes())
+        Some(format!("X-BATV: {}; reason={}; mode=monitor\r\n", v.name(), self.reason).into_bytes())
     }
 
     fn inspect(&mut self) -> Option<usize> {
@@ -540,7 +533,7 @@ impl Policy for Verify<'_> {
                 "batv-proxy: session={:x} client={} sender=<> verdict={} reason={} result={} queue_id={}",
                 self.session,
                 self.client,
-                verdict_name(v),
+                v.name(),
                 self.reason,
                 reply.code,
                 queue_id(reply).as_deref().unwrap_or("-")

@@ -12,6 +12,16 @@ pub enum TxVerdict {
     Backscatter,
 }
 
+impl TxVerdict {
+    /// The name in logs and headers.
+    pub fn name(self) -> &'static str {
+        match self {
+            TxVerdict::BounceOk => "bounce-ok",
+            TxVerdict::Backscatter => "backscatter",
+        }
+    }
+}
+
 /// How one recipient was judged, and the path to relay.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Judgement {
