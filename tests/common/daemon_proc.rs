@@ -366,6 +366,16 @@ impl Client {
         self.r.get_mut().write_all(bytes).unwrap();
     }
 
+    /// `send` to a connection the daemon may already have closed: false if it had (the
+    /// write met a reset or a broken pipe).
+    pub fn try_send(&mut self, bytes: &[u8]) -> bool {
+        match self.r.get_mut().write_all(bytes) {
+            Ok(()) => true,
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset) => false,
+            Err(e) => panic!("{}: write: {e}", self.name),
+        }
+    }
+
     /// shutdown(SHUT_WR), as Exim's `${readsocket}` does after its request.
     pub fn half_close(&mut self) {
         self.r.get_ref().shutdown_write().unwrap();
