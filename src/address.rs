@@ -203,7 +203,7 @@ fn parse_full(s: &str) -> Result<Address<'_>, AddressError> {
 /// The common case in one pass each over the local part and the domain: an ASCII
 /// dot-atom at an ASCII domain name. `None` sends anything else (quoting, UTF-8, address
 /// literals, every error) to the full parser, which also words the errors.
-pub(crate) fn plain(s: &str) -> Option<Address<'_>> {
+fn plain(s: &str) -> Option<Address<'_>> {
     plain_from(s, 0)
 }
 

@@ -142,8 +142,9 @@ SIGUSR1 logs the counters; SIGTERM stops. The daemon never creates a key (exit 7
 
 const DAEMON_DEPLOY: &str = "\
 Postfix (socket daemon.listen = [\"unix:/var/spool/postfix/batv/batv.sock\"]; smtpd and
-cleanup resolve batv/batv.sock from the queue directory, chrooted or not; create the
-directory with install -d -o batv -g postfix -m 0750 /var/spool/postfix/batv):
+cleanup resolve batv/batv.sock from the queue directory, where chrooted ones look too
+(the tests run Postfix unchrooted); create the directory with
+install -d -o batv -g postfix -m 0750 /var/spool/postfix/batv):
 
   main.cf:
     recipient_canonical_maps = socketmap:unix:batv/batv.sock:strip

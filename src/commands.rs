@@ -135,7 +135,7 @@ fn proxy(ctx: Context, a: crate::cli::ProxyArgs) -> Result<u8, CliError> {
     let listen = a.listen.unwrap_or(config.proxy.listen);
     let settings = proxy::Settings::from_config(&config).map_err(invalid)?;
     let store = ctx.store()?;
-    let keys = proxy::startup_keys(&store)?;
+    let keys = crate::keys::startup_keys(&store)?;
     let shared = std::sync::Arc::new(proxy::Shared::new(settings, keys, ctx.fixed_now.then_some(ctx.now)));
     let source = proxy::Source {
         config: ctx.config_path.clone(),

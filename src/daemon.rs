@@ -78,8 +78,9 @@ impl Settings {
     }
 }
 
-/// One consistent snapshot: the keys, the signer made from them, the settings.
+/// One consistent snapshot: the configuration and keys, and what is made from them.
 pub struct State {
+    config: Arc<Config>,
     keys: KeySet,
     /// None without an active key: `sign` then answers NOTFOUND (mail leaves unsigned,
     /// as the sendmail wrapper's default `on_error = "pass"` does).
@@ -88,10 +89,15 @@ pub struct State {
 }
 
 impl State {
-    pub fn new(config: &Config, keys: KeySet) -> Result<State, String> {
-        let settings = Settings::from_config(config)?;
-        let signer = Signer::new(keys.clone(), config).ok();
-        Ok(State { keys, signer, settings })
+    pub fn new(config: Arc<Config>, keys: KeySet) -> Result<State, String> {
+        let settings = Settings::from_config(&config)?;
+        let signer = Signer::new(keys.clone(), &config).ok();
+        Ok(State {
+            config,
+            keys,
+            signer,
+            settings,
+        })
     }
 }
 
@@ -146,7 +152,6 @@ struct Instance {
 /// What every connection shares.
 pub struct Shared {
     state: RwLock<Arc<State>>,
-    config: RwLock<Arc<Config>>,
     instances: Mutex<HashMap<String, Instance>>,
     pub counters: Counters,
     /// Fixed clock (`--now`), for tests.
@@ -155,10 +160,9 @@ pub struct Shared {
 
 impl Shared {
     pub fn new(config: Config, keys: KeySet, now: Option<i64>) -> Result<Shared, String> {
-        let state = State::new(&config, keys)?;
+        let state = State::new(Arc::new(config), keys)?;
         Ok(Shared {
             state: RwLock::new(Arc::new(state)),
-            config: RwLock::new(Arc::new(config)),
             instances: Mutex::new(HashMap::new()),
             counters: Counters::default(),
             now,
@@ -177,20 +181,15 @@ impl Shared {
         self.now.unwrap_or_else(crate::time::system_now)
     }
 
-    fn replace(&self, config: Arc<Config>, state: State) {
+    fn replace(&self, state: State) {
         if let Ok(mut w) = self.state.write() {
             *w = Arc::new(state);
         }
-        if let Ok(mut w) = self.config.write() {
-            *w = config;
-        }
     }
 
-    fn config(&self) -> Arc<Config> {
-        match self.config.read() {
-            Ok(c) => c.clone(),
-            Err(p) => p.into_inner().clone(),
-        }
+    fn instances(&self) -> std::sync::MutexGuard<'_, HashMap<String, Instance>> {
+        // A poisoned table is still a table of whole entries.
+        self.instances.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// A socketmap lookup: the reply, without its netstring framing.
@@ -276,10 +275,7 @@ impl Shared {
             TxVerdict::Backscatter => c.backscatter.fetch_add(1, Ordering::Relaxed),
         };
         let (action, name): (String, &str) = {
-            let mut instances = match self.instances.lock() {
-                Ok(m) => m,
-                Err(p) => p.into_inner(),
-            };
+            let mut instances = self.instances();
             // Without an instance attribute, or with the table full, a request stands
             // alone and its verdict is given at once (as reject_at = "rcpt" does): a
             // transaction without state must not reach DATA unjudged.
@@ -347,10 +343,7 @@ impl Shared {
         if instance.is_empty() {
             return "DUNNO".into();
         }
-        let verdict = match self.instances.lock() {
-            Ok(m) => m.get(instance).and_then(|i| i.verdict.map(|v| (v, i.reason))),
-            Err(p) => p.into_inner().get(instance).and_then(|i| i.verdict.map(|v| (v, i.reason))),
-        };
+        let verdict = self.instances().get(instance).and_then(|i| i.verdict.map(|v| (v, i.reason)));
         let Some((TxVerdict::Backscatter, reason)) = verdict else {
             return "DUNNO".into();
         };
@@ -705,7 +698,7 @@ pub struct Source {
 impl Source {
     /// Every reload logs one closing line: `reloaded (...)`, or `not reloaded: ...`.
     fn reload(&self, shared: &Shared, config_too: bool) {
-        let running = shared.config();
+        let running = shared.state().config.clone();
         let mut config = None;
         if config_too {
             match Config::load(Some(&self.config)) {
@@ -738,20 +731,20 @@ impl Source {
             }
         };
         if let Some(config) = config {
-            match State::new(&config, keys.clone()) {
+            match State::new(config, keys.clone()) {
                 Ok(state) => {
                     warn(&state);
-                    shared.replace(config, state);
+                    shared.replace(state);
                     logln!("batv-daemon: reloaded (configuration and keys)");
                     return;
                 }
                 Err(e) => logln!("batv-daemon: configuration not reloaded: {e}; keeping the old one"),
             }
         }
-        match State::new(&running, keys) {
+        match State::new(running, keys) {
             Ok(state) => {
                 warn(&state);
-                shared.replace(running, state);
+                shared.replace(state);
                 logln!("batv-daemon: reloaded (keys)");
             }
             Err(e) => logln!("batv-daemon: not reloaded: {e}"),

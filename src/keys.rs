@@ -240,7 +240,6 @@ impl KeySet {
     }
 }
 
-/// Parse a key id argument.
 /// An active key with id 2 and secret `test`, for unit tests.
 #[cfg(test)]
 pub(crate) fn test_key() -> Key {
@@ -271,6 +270,7 @@ pub fn startup_keys(store: &KeyStore) -> Result<KeySet, KeyError> {
     Ok(keys)
 }
 
+/// Parse a key id argument.
 pub fn parse_id(s: &str) -> Result<u8, KeyError> {
     match s.as_bytes() {
         [d @ b'0'..=b'9'] => Ok(d - b'0'),

@@ -27,7 +27,7 @@ use crate::session::{Decision, End, Limits, Policy, Session};
 use crate::smtp::{self, Reply, SmtpError};
 use crate::tag;
 
-pub use crate::verdict::{judge, Judgement, TxVerdict};
+use crate::verdict::{judge, Judgement, TxVerdict};
 
 /// Counters per verdict and per key id (how often each key still validates tags).
 #[derive(Debug, Default)]
@@ -785,8 +785,6 @@ impl Source {
         reload_keys(shared, &self.store);
     }
 }
-
-pub use crate::keys::startup_keys;
 
 /// Answer each connection with the counters as Prometheus text, HTTP/1.0 style.
 async fn serve_metrics(listener: TcpListener, shared: Arc<Shared>) {
