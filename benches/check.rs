@@ -9,8 +9,9 @@ use std::hint::black_box;
 use std::path::Path;
 
 use batv::address::DomainSet;
-use batv::bounce;
 use batv::keys::{KeyStore, Secret};
+use batv::verdict::Rules;
+use batv::{bounce, tag};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
 /// 2026-11-23, the day the generated corpus's tags were made for.
@@ -39,13 +40,18 @@ fn bench(c: &mut Criterion) {
     // The generated corpus's tags are Exim prvs tags with this secret, key 0.
     store.import(0, Secret::new(b"s3cret".to_vec()).unwrap(), TODAY * 86_400).unwrap();
     let keys = store.load().unwrap();
-    let protected = DomainSet::new(["example.org"]).unwrap();
+    let rules = Rules {
+        protected: DomainSet::new(["example.org"]).unwrap(),
+        schemes: tag::Schemes::ALL,
+        sign_scheme: tag::Scheme::Prvs,
+        delimiters: "+".into(),
+    };
     let judge_all = || {
         files
             .iter()
             .map(|f| {
                 let r = bounce::inspect(black_box(f), 1 << 20, false);
-                bounce::judge(&r, r.envelope_recipient.as_deref(), &keys, &protected, TODAY).reason()
+                bounce::judge(&r, r.envelope_recipient.as_deref(), &rules, &keys, TODAY).reason()
             })
             .filter(|&v| v == "valid")
             .count()

@@ -35,6 +35,10 @@ pub enum AddressError {
     BadLocalChar(char),
     #[error("invalid domain {0:?}")]
     BadDomain(String),
+    #[error("unterminated comment or domain literal")]
+    Unterminated,
+    #[error("white space between the words of a local part")]
+    SplitWord,
 }
 
 /// A parsed address. `local` is the unquoted form of the local part (what the hash covers).
@@ -152,6 +156,155 @@ pub fn format_prefixed(prefix: &str, local: &str, domain: &str) -> String {
     s.push('@');
     s.push_str(domain);
     s
+}
+
+/// An SMTP path as the MTA behind us resolves it (see [`normalize_path`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Path<'a> {
+    /// The null reverse-path, in any spelling an MTA takes as null.
+    Null,
+    /// A local part without a domain (`<Postmaster>`; Postfix appends `$myorigin`).
+    Bare(Cow<'a, str>),
+    /// `local@domain`, which [`parse`] accepts.
+    Address(Cow<'a, str>),
+}
+
+/// The longest path text normalised at all (a command line is 512 octets).
+const MAX_PATH_TEXT: usize = 2 * MAX_ADDRESS_LEN;
+
+/// Normalise the text between an SMTP command's angle brackets the way MTAs read it
+/// before they resolve it: RFC 5322 comments and white space around the words are
+/// dropped (Postfix's address parser does), a source route is dropped (RFC 5321
+/// §4.1.2), and trailing dots come off the domain (Postfix's trivial-rewrite). What is
+/// left must be a valid address, a bare local part, or nothing (the null path: `< >`,
+/// `<()>`, `<"">`). Anything else is an error, so a caller that judges addresses can
+/// refuse what it cannot read rather than let the MTA read it some other way.
+pub fn normalize_path(raw: &str) -> Result<Path<'_>, AddressError> {
+    if raw.is_empty() {
+        return Ok(Path::Null);
+    }
+    // The common case costs one pass: a plain address with nothing to remove.
+    if plain(raw).is_some() {
+        return Ok(Path::Address(Cow::Borrowed(raw)));
+    }
+    if raw.len() > MAX_PATH_TEXT {
+        return Err(AddressError::TooLong);
+    }
+    let text = strip_cfws(raw)?;
+    // A source route: `@a,@b:mailbox`, unquoted.
+    let text = match text.strip_prefix('@').and_then(|r| r.find(':').map(|i| (r, i))) {
+        Some((r, i)) if !r[..i].contains('"') => Cow::Owned(r[i + 1..].to_string()),
+        _ => text,
+    };
+    if text.is_empty() || text == "\"\"" {
+        return Ok(Path::Null);
+    }
+    let Some(at) = last_unquoted_at(&text) else {
+        // A bare local part: a dot-atom or one quoted string.
+        let ok = match text.strip_prefix('"') {
+            Some(body) => unquote(body).is_ok_and(|(_, n)| n == body.len()),
+            None => first_bad_local_char(&text).is_none(),
+        };
+        return if ok && !text.bytes().any(|b| b < 0x20 || b == 0x7f) {
+            Ok(Path::Bare(text))
+        } else {
+            Err(AddressError::NoAt)
+        };
+    };
+    let domain = &text[at + 1..];
+    let text = if domain.ends_with('.') && !domain.starts_with('[') {
+        let kept = at + 1 + domain.trim_end_matches('.').len();
+        Cow::Owned(text[..kept].to_string())
+    } else {
+        text
+    };
+    parse(&text)?;
+    Ok(Path::Address(text))
+}
+
+impl Path<'_> {
+    /// The path as it is relayed (no brackets; empty for the null path).
+    pub fn as_str(&self) -> &str {
+        match self {
+            Path::Null => "",
+            Path::Bare(s) | Path::Address(s) => s,
+        }
+    }
+}
+
+/// The byte offset of the last `@` outside a quoted string.
+fn last_unquoted_at(s: &str) -> Option<usize> {
+    let mut quoted = false;
+    let mut escaped = false;
+    let mut at = None;
+    for (i, b) in s.bytes().enumerate() {
+        match b {
+            _ if escaped => escaped = false,
+            b'\\' if quoted => escaped = true,
+            b'"' => quoted = !quoted,
+            b'@' if !quoted => at = Some(i),
+            _ => {}
+        }
+    }
+    at
+}
+
+/// Drop comments and the white space around words, outside quoted strings and domain
+/// literals. White space (or a comment) between two words is refused: MTAs differ in
+/// whether they join the words or take the first.
+fn strip_cfws(raw: &str) -> Result<Cow<'_, str>, AddressError> {
+    if !raw.bytes().any(|b| matches!(b, b' ' | b'\t' | b'(')) {
+        return Ok(Cow::Borrowed(raw));
+    }
+    let mut out = String::with_capacity(raw.len());
+    let mut gap = false;
+    let mut chars = raw.chars().peekable();
+    // A word ends with an atom character, a closing quote or a closing bracket.
+    let word_end = |out: &str| out.chars().last().is_some_and(|c| c != '.' && c != '@' && c != ':' && c != ',');
+    while let Some(c) = chars.next() {
+        match c {
+            ' ' | '\t' => gap = true,
+            '(' => {
+                let mut depth = 1;
+                while depth > 0 {
+                    match chars.next().ok_or(AddressError::Unterminated)? {
+                        '\\' => {
+                            chars.next().ok_or(AddressError::Unterminated)?;
+                        }
+                        '(' => depth += 1,
+                        ')' => depth -= 1,
+                        _ => {}
+                    }
+                }
+                gap = true;
+            }
+            _ => {
+                let starts_word = c != '.' && c != '@' && c != ':' && c != ',';
+                if gap && starts_word && word_end(&out) {
+                    return Err(AddressError::SplitWord);
+                }
+                gap = false;
+                out.push(c);
+                let close = match c {
+                    '"' => Some('"'),
+                    '[' => Some(']'),
+                    _ => None,
+                };
+                if let Some(close) = close {
+                    loop {
+                        let d = chars.next().ok_or(AddressError::Unterminated)?;
+                        out.push(d);
+                        if d == '\\' {
+                            out.push(chars.next().ok_or(AddressError::Unterminated)?);
+                        } else if d == close {
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(Cow::Owned(out))
 }
 
 /// Parse `local@domain`. The local part is a dot-atom (leniently: dots anywhere) or a
@@ -424,6 +577,53 @@ mod tests {
         assert_eq!(parse("\"john\"x@y"), Err(AddressError::BadQuoting));
         assert!(matches!(parse("a@b..c"), Err(AddressError::BadDomain(_))));
         assert_eq!(parse(&format!("a@{}", "b".repeat(600))), Err(AddressError::TooLong));
+    }
+
+    #[test]
+    fn paths_normalise_as_mtas_read_them() {
+        let addr = |s: &str| Ok(Path::Address(Cow::Owned(s.to_string())));
+        for (raw, want) in [
+            ("bob@example.com", addr("bob@example.com")),
+            ("bob@example.com.", addr("bob@example.com")),
+            ("bob@example.com..", addr("bob@example.com")),
+            ("bob @example.com", addr("bob@example.com")),
+            (" bob@example.com", addr("bob@example.com")),
+            ("bob@example.com (Bob)", addr("bob@example.com")),
+            ("(x)bob@ example . com", addr("bob@example.com")),
+            ("bob(a (nested) comment)@example.com", addr("bob@example.com")),
+            ("\"bob smith\"@example.com", addr("\"bob smith\"@example.com")),
+            ("@relay.example:bob@example.com", addr("bob@example.com")),
+            ("@a,@b:bob@example.com.", addr("bob@example.com")),
+            ("bob@[192.0.2.1]", addr("bob@[192.0.2.1]")),
+            ("", Ok(Path::Null)),
+            (" ", Ok(Path::Null)),
+            ("()", Ok(Path::Null)),
+            ("\"\"", Ok(Path::Null)),
+            (" (x) \"\" ", Ok(Path::Null)),
+            ("Postmaster", Ok(Path::Bare(Cow::Borrowed("Postmaster")))),
+            ("postmaster (x)", Ok(Path::Bare(Cow::Borrowed("postmaster")))),
+            ("bob", Ok(Path::Bare(Cow::Borrowed("bob")))),
+            // The whole address quoted is a local part without a domain.
+            ("\"bob@example.com\"", Ok(Path::Bare(Cow::Borrowed("\"bob@example.com\"")))),
+        ] {
+            assert_eq!(normalize_path(raw), want, "{raw:?}");
+        }
+        for raw in [
+            "bob smith@example.com",
+            "bob@example.com,",
+            ",bob@example.com",
+            "bob@example.com(",
+            "bob@exam ple.com",
+            "bob@.",
+            "bob@",
+            "bob@@example.com",
+            "bob@example.com@example.com",
+            "\"a\" \"b\"@example.com",
+            "bob@[192.0.2.1",
+            "b\u{1}ob",
+        ] {
+            assert!(normalize_path(raw).is_err(), "{raw:?} gave {:?}", normalize_path(raw));
+        }
     }
 
     #[test]

@@ -299,10 +299,11 @@ fn verify(ctx: &Context, a: VerifyArgs) -> Result<u8, CliError> {
     let addrs = inputs(a.addresses)?;
     let keys = ctx.keys_interactive()?;
     let today = ctx.today();
+    let schemes = ctx.config.accepted_schemes();
     let mut out = io::stdout().lock();
     let mut code = EX_OK;
     for s in &addrs {
-        let verdict = tag::verify(s, today, |id| keys.get(id));
+        let verdict = tag::verify(s, today, schemes, |id| keys.get(id));
         if a.json {
             writeln!(out, "{}", verdict_json(s, &verdict, today))?;
         }
@@ -351,8 +352,8 @@ fn check(ctx: &Context, a: crate::cli::CheckArgs) -> Result<u8, CliError> {
             Ok(keys) => Ok(bounce::judge(
                 &report,
                 recipient.as_deref(),
+                &crate::verdict::Rules::from_config(&ctx.config),
                 &keys,
-                &ctx.config.protected_domain_set(),
                 ctx.today(),
             )),
             Err(e) => Err(e),
@@ -396,8 +397,8 @@ fn check(ctx: &Context, a: crate::cli::CheckArgs) -> Result<u8, CliError> {
         verdict.name(),
         verdict.reason(),
         report.kind.name(),
-        report.original_sender.as_deref().unwrap_or("-"),
-        recipient.as_deref().unwrap_or("-"),
+        crate::log::q(report.original_sender.as_deref().unwrap_or("-")),
+        crate::log::q(recipient.as_deref().unwrap_or("-")),
     )?;
     Ok(code)
 }

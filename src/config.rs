@@ -111,6 +111,13 @@ pub struct Config {
     /// Default: sign_domains.
     #[serde(default, deserialize_with = "domains_opt", skip_serializing_if = "Option::is_none")]
     pub protected_domains: Option<Vec<String>>,
+    /// The schemes a verifier accepts. Default: `[scheme]`.
+    #[serde(default, deserialize_with = "schemes_opt", skip_serializing_if = "Option::is_none")]
+    pub verify_schemes: Option<Vec<Scheme>>,
+    /// The MTA's address extension delimiters (Postfix `recipient_delimiter`): a long
+    /// extension on a mailbox the signer tags is no reason to exempt a bounce.
+    #[serde(default = "default_recipient_delimiter", deserialize_with = "delimiters")]
+    pub recipient_delimiter: String,
     #[serde(default)]
     pub sendmail: SendmailConfig,
     #[serde(default)]
@@ -199,6 +206,10 @@ pub struct DaemonConfig {
     pub enforce_after: Option<String>,
     #[serde(default, deserialize_with = "nets")]
     pub trusted_relays: Vec<String>,
+    /// Invalid tags in bounces from one client (IPv6: its /64) within an hour before
+    /// its tagged bounces get `421 4.7.0` unchecked, as in the proxy.
+    #[serde(default = "default_max_failed_tags")]
+    pub max_failed_tags: NonZeroU32,
 }
 
 fn default_daemon_listen() -> Vec<Listen> {
@@ -261,6 +272,7 @@ impl Default for DaemonConfig {
             enforce: true,
             enforce_after: None,
             trusted_relays: vec![],
+            max_failed_tags: default_max_failed_tags(),
         }
     }
 }
@@ -453,6 +465,8 @@ impl Default for Config {
             lifetime_days: DEFAULT_LIFETIME,
             sign_domains: vec![],
             protected_domains: None,
+            verify_schemes: None,
+            recipient_delimiter: default_recipient_delimiter(),
             sendmail: SendmailConfig::default(),
             proxy: ProxyConfig::default(),
             daemon: DaemonConfig::default(),
@@ -468,6 +482,28 @@ fn lifetime<'de, D: Deserializer<'de>>(d: D) -> Result<u16, D::Error> {
         Err(serde::de::Error::custom(format!(
             "lifetime_days must be {MIN_LIFETIME} to {MAX_LIFETIME}, got {v}"
         )))
+    }
+}
+
+fn schemes_opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<Scheme>>, D::Error> {
+    let v = Vec::<Scheme>::deserialize(d)?;
+    if v.is_empty() {
+        return Err(serde::de::Error::custom("verify_schemes needs at least one scheme"));
+    }
+    Ok(Some(v))
+}
+
+fn default_recipient_delimiter() -> String {
+    "+".into()
+}
+
+fn delimiters<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let s = String::deserialize(d)?;
+    match s.chars().find(|c| !c.is_ascii_punctuation() || matches!(c, '.' | '@' | '"' | '\\')) {
+        Some(c) => Err(serde::de::Error::custom(format!(
+            "{c:?} cannot be an address extension delimiter (ASCII punctuation other than . @ \" \\)"
+        ))),
+        None => Ok(s),
     }
 }
 
@@ -640,10 +676,19 @@ impl Config {
         DomainSet::new(self.protected()).unwrap_or_default()
     }
 
+    /// The schemes verifiers accept: `verify_schemes`, or the signing scheme alone.
+    pub fn accepted_schemes(&self) -> crate::tag::Schemes {
+        match &self.verify_schemes {
+            Some(v) => crate::tag::Schemes::of(v.iter().copied()),
+            None => crate::tag::Schemes::of([self.scheme]),
+        }
+    }
+
     /// The effective configuration as TOML (`config show`).
     pub fn to_toml(&self) -> String {
         let mut shown = self.clone();
         shown.protected_domains = Some(self.protected().to_vec());
+        shown.verify_schemes = Some(self.verify_schemes.clone().unwrap_or_else(|| vec![self.scheme]));
         toml::to_string(&shown).unwrap_or_default()
     }
 }

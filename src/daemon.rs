@@ -24,13 +24,14 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWrite
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{watch, Semaphore};
 
-use crate::address::DomainSet;
 use crate::config::{Config, IpNet, Listen, RejectAt};
+use crate::failed_tags::FailedTags;
 use crate::keys::{KeySet, KeyStore};
+use crate::log::q;
 use crate::logln;
 use crate::signer::{Outcome, Signer};
 use crate::tag::{self, Verdict};
-use crate::verdict::{judge, TxVerdict};
+use crate::verdict::{judge, Rules, TxVerdict};
 
 /// Longest a request may take to arrive once it has begun (Postfix's own socketmap and
 /// policy timeouts are 100 s).
@@ -43,11 +44,15 @@ const INSTANCE_TTL: i64 = 3600;
 const REFUSE_RCPT: &str = "550 5.7.1 Backscatter refused: this address never sent the message you are bouncing (BATV)";
 const REFUSE_DATA: &str = "550 5.7.1 Backscatter refused: no recipient of this bounce sent the original message (BATV)";
 const DEFER_MIXED: &str = "452 4.5.3 Too many recipients for this transaction, send the rest separately";
+const REFUSE_UNREADABLE: &str = "501 5.1.3 Bad recipient address syntax (BATV)";
+/// Postfix disconnects after a 421 from a policy service (access(5)).
+const CLOSE_GUESSING: &str = "421 4.7.0 Too many invalid BATV tags, closing";
 
 /// What the configuration decides.
 #[derive(Debug)]
 pub struct Settings {
-    protected: DomainSet,
+    rules: Rules,
+    max_failed_tags: u32,
     trusted: Vec<IpNet>,
     reject_at: RejectAt,
     enforce: bool,
@@ -63,7 +68,8 @@ impl Settings {
         }
         let d = &config.daemon;
         Ok(Settings {
-            protected: config.protected_domain_set(),
+            rules: Rules::from_config(config),
+            max_failed_tags: d.max_failed_tags.get(),
             trusted: d.trusted_relays.iter().filter_map(|n| IpNet::parse(n).ok()).collect(),
             reject_at: d.reject_at,
             enforce: d.enforce,
@@ -114,6 +120,8 @@ pub struct Counters {
     pub refused: AtomicU64,
     pub deferred: AtomicU64,
     pub malformed: AtomicU64,
+    /// Requests answered 421 for too many invalid tags from one client.
+    pub failed_tag_closes: AtomicU64,
 }
 
 impl Counters {
@@ -135,6 +143,7 @@ impl Counters {
         let _ = writeln!(s, "batv_daemon_refused_total {}", g(&self.refused));
         let _ = writeln!(s, "batv_daemon_deferred_total {}", g(&self.deferred));
         let _ = writeln!(s, "batv_daemon_malformed_requests_total {}", g(&self.malformed));
+        let _ = writeln!(s, "batv_daemon_failed_tag_closes_total {}", g(&self.failed_tag_closes));
         s
     }
 }
@@ -153,6 +162,7 @@ struct Instance {
 pub struct Shared {
     state: RwLock<Arc<State>>,
     instances: Mutex<HashMap<String, Instance>>,
+    failed_tags: FailedTags,
     pub counters: Counters,
     /// Fixed clock (`--now`), for tests.
     now: Option<i64>,
@@ -164,6 +174,7 @@ impl Shared {
         Ok(Shared {
             state: RwLock::new(Arc::new(state)),
             instances: Mutex::new(HashMap::new()),
+            failed_tags: FailedTags::default(),
             counters: Counters::default(),
             now,
         })
@@ -230,7 +241,7 @@ impl Shared {
             "strip" => {
                 // Only an authentic tag (valid or expired) comes off: a map answer makes
                 // smtpd count the address as known, so a made-up tag must not get one.
-                let stripped = match tag::verify(key, today, |k| state.keys.get(k)) {
+                let stripped = match tag::verify(key, today, state.settings.rules.schemes, |k| state.keys.get(k)) {
                     Ok(Verdict::Valid(c) | Verdict::Expired(c)) => Some(c.original.into_owned()),
                     _ => None,
                 };
@@ -247,33 +258,80 @@ impl Shared {
         if attrs.get("request") != Some("smtpd_access_policy") {
             return "DUNNO".into();
         }
-        let bounce = attrs.get("sender") == Some("");
+        // Postfix sends the sender as it parsed it: empty for the null path.
+        let bounce = attrs.get("sender").is_some_and(|s| crate::verdict::null_sender(s) != Some(false));
         let instance = attrs.get("instance").unwrap_or("");
         match attrs.get("protocol_state").map(|s| s.to_ascii_uppercase()).as_deref() {
-            Some("RCPT") if bounce => self.policy_rcpt(attrs, instance),
+            Some("RCPT") => self.policy_rcpt(attrs, instance, bounce),
             Some("DATA" | "END-OF-MESSAGE") if bounce => self.policy_data(attrs, instance),
             _ => "DUNNO".into(),
         }
     }
 
-    fn policy_rcpt(&self, attrs: &PolicyRequest, instance: &str) -> String {
+    fn policy_rcpt(&self, attrs: &PolicyRequest, instance: &str, bounce: bool) -> String {
         let state = self.state();
         let s = &state.settings;
         let now = self.now();
         let enforce = s.enforcing(now);
         let rcpt = attrs.get("recipient").unwrap_or("");
         let client = attrs.get("client_address").unwrap_or("");
-        let mut j = judge(rcpt, &state.keys, &s.protected, tag::unix_day(now));
-        let trusted = client.parse().is_ok_and(|ip| s.trusted.iter().any(|n| n.contains(ip)));
+        let mut j = judge(rcpt, &s.rules, &state.keys, tag::unix_day(now));
+        let ip: Option<std::net::IpAddr> = client.parse().ok();
+        let trusted = ip.is_some_and(|ip| s.trusted.iter().any(|n| n.contains(ip)));
         if trusted && j.verdict == TxVerdict::Backscatter {
             j.verdict = TxVerdict::BounceOk;
             j.reason = "trusted-relay";
         }
         let c = &self.counters;
+        let log = |name: &str, j: &crate::verdict::Judgement| {
+            let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
+            logln!(
+                "batv-daemon: policy client={} instance={} sender={} rcpt={} verdict={} reason={} action={} key={} tag_days_left={}",
+                q(client),
+                q(instance),
+                q(&format!("<{}>", attrs.get("sender").unwrap_or(""))),
+                q(&format!("<{rcpt}>")),
+                j.verdict.name(),
+                j.reason,
+                name,
+                opt(j.key.map(|k| k.to_string())),
+                opt(j.days_left.map(|d| d.to_string())),
+            );
+        };
+        // Guessing at tags, in any transaction (a non-bounce to a guessed tag tells by its
+        // reply whether the strip map knew it). Without a client address (a local
+        // submission) there is no one to count.
+        if let Some(ip) = ip.filter(|_| !trusted && (j.stripped.is_some() || j.failed_tag())) {
+            let max = s.max_failed_tags;
+            if self.failed_tags.exhausted(ip, max, now) || (j.failed_tag() && self.failed_tags.record(ip, now) > max) {
+                if enforce {
+                    c.failed_tag_closes.fetch_add(1, Ordering::Relaxed);
+                    log("closed-too-many-invalid-tags", &j);
+                    return CLOSE_GUESSING.into();
+                }
+                log("would-close-too-many-invalid-tags", &j);
+            }
+        }
+        if !bounce {
+            return "DUNNO".into();
+        }
         match j.verdict {
             TxVerdict::BounceOk => c.bounce_ok.fetch_add(1, Ordering::Relaxed),
-            TxVerdict::Backscatter => c.backscatter.fetch_add(1, Ordering::Relaxed),
+            TxVerdict::Backscatter | TxVerdict::Unreadable => c.backscatter.fetch_add(1, Ordering::Relaxed),
         };
+        if j.verdict == TxVerdict::Unreadable {
+            if trusted {
+                log("dunno-trusted", &j);
+                return "DUNNO".into();
+            }
+            if enforce {
+                c.refused.fetch_add(1, Ordering::Relaxed);
+                log("refused", &j);
+                return REFUSE_UNREADABLE.into();
+            }
+            // Monitor mode counts it with the backscatter it would refuse.
+            j.verdict = TxVerdict::Backscatter;
+        }
         let (action, name): (String, &str) = {
             let mut instances = self.instances();
             // Without an instance attribute, or with the table full, a request stands
@@ -298,7 +356,8 @@ impl Shared {
                 inst.reason = j.reason;
             }
             match (j.verdict, reject_at) {
-                (_, RejectAt::Data) if first.is_some_and(|v| v != j.verdict) => {
+                // Monitor mode changes nothing in the dialogue: no 452 either.
+                (_, RejectAt::Data) if enforce && first.is_some_and(|v| v != j.verdict) => {
                     c.deferred.fetch_add(1, Ordering::Relaxed);
                     (DEFER_MIXED.into(), "deferred-452")
                 }
@@ -319,18 +378,7 @@ impl Shared {
                 _ => ("DUNNO".into(), "dunno"),
             }
         };
-        let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
-        logln!(
-            "batv-daemon: policy client={} instance={} sender=<> rcpt=<{}> verdict={} reason={} action={} key={} tag_days_left={}",
-            client.escape_debug(),
-            instance.escape_debug(),
-            rcpt.escape_debug(),
-            j.verdict.name(),
-            j.reason,
-            name,
-            opt(j.key.map(|k| k.to_string())),
-            opt(j.days_left.map(|d| d.to_string())),
-        );
+        log(name, &j);
         action
     }
 
@@ -350,8 +398,8 @@ impl Shared {
         self.counters.refused.fetch_add(1, Ordering::Relaxed);
         logln!(
             "batv-daemon: policy client={} instance={} sender=<> verdict=backscatter reason={reason} action=refused-at-data",
-            attrs.get("client_address").unwrap_or("").escape_debug(),
-            instance.escape_debug(),
+            q(attrs.get("client_address").unwrap_or("")),
+            q(instance),
         );
         REFUSE_DATA.into()
     }
@@ -368,16 +416,17 @@ impl Shared {
             "verify" => {
                 let state = self.state();
                 let now = self.now();
-                let j = judge(arg, &state.keys, &state.settings.protected, tag::unix_day(now));
+                let j = judge(arg, &state.settings.rules, &state.keys, tag::unix_day(now));
                 match (j.verdict, j.stripped) {
                     (TxVerdict::BounceOk, Some(original)) => format!("OK {original}"),
                     (TxVerdict::BounceOk, None) => format!("DUNNO {}", j.reason),
-                    (TxVerdict::Backscatter, _) if !state.settings.enforcing(now) => format!("DUNNO monitor {}", j.reason),
-                    (TxVerdict::Backscatter, _) => {
+                    (_, _) if !state.settings.enforcing(now) => format!("DUNNO monitor {}", j.reason),
+                    (_, _) => {
                         self.counters.refused.fetch_add(1, Ordering::Relaxed);
                         logln!(
-                            "batv-daemon: exim rcpt=<{}> verdict=backscatter reason={} action=refused",
-                            arg.escape_debug(),
+                            "batv-daemon: exim rcpt={} verdict={} reason={} action=refused",
+                            q(&format!("<{arg}>")),
+                            j.verdict.name(),
                             j.reason
                         );
                         format!("REJECT {}", j.reason)
@@ -630,8 +679,8 @@ pub async fn handle<S: AsyncRead + AsyncWrite + Unpin>(shared: Arc<Shared>, stre
             None => "-",
         };
         logln!(
-            "batv-daemon: client={peer} protocol={what} error=\"{}\" action=closed",
-            e.to_string().escape_debug()
+            "batv-daemon: client={peer} protocol={what} error={} action=closed",
+            q(&e.to_string())
         );
     }
 }
@@ -915,9 +964,8 @@ mod tests {
                 .policy(&request(&["recipient=bob@example.org", instance]))
                 .starts_with("PREPEND X-BATV: backscatter"));
             assert_eq!(d.policy(&request(&["recipient=alice@example.org", instance])), "DUNNO");
-            assert!(d
-                .policy(&request(&[&format!("recipient={tagged}"), instance]))
-                .starts_with("452 4.5.3"));
+            // Monitor mode changes nothing in the dialogue: no 452 for a second verdict.
+            assert_eq!(d.policy(&request(&[&format!("recipient={tagged}"), instance])), "DUNNO");
         }
         for _ in 0..2 {
             assert!(d.policy(&request(&["recipient=bob@example.org"])).starts_with("PREPEND"));

@@ -22,3 +22,63 @@ macro_rules! logln {
         $crate::log::line(format_args!($($arg)*))
     };
 }
+
+/// A log value, written so that no input can add a field or a line (logfmt style): as
+/// is when it is a plain word, else in double quotes with `"`, `\`, control characters
+/// and other white space escaped. `<` and `>` and `=` are plain (addresses and tags).
+pub struct Value<'a>(pub &'a str);
+
+/// Quote a value for a log line: see [`Value`].
+pub fn q(s: &str) -> Value<'_> {
+    Value(s)
+}
+
+impl fmt::Display for Value<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let plain = !self.0.is_empty() && self.0.chars().all(|c| c.is_ascii_graphic() && c != '"' && c != '\\');
+        if plain {
+            return f.write_str(self.0);
+        }
+        f.write_str("\"")?;
+        for c in self.0.chars() {
+            match c {
+                '"' => f.write_str("\\\"")?,
+                '\\' => f.write_str("\\\\")?,
+                '\n' => f.write_str("\\n")?,
+                '\r' => f.write_str("\\r")?,
+                '\t' => f.write_str("\\t")?,
+                ' ' => f.write_str(" ")?,
+                c if c.is_control() || c.is_whitespace() || is_format(c) => write!(f, "\\u{{{:x}}}", c as u32)?,
+                c => write!(f, "{c}")?,
+            }
+        }
+        f.write_str("\"")
+    }
+}
+
+/// Invisible characters that reorder or hide text on a terminal (bidi controls, zero
+/// widths): escaped too, so a log line reads as it is.
+fn is_format(c: char) -> bool {
+    matches!(c as u32, 0x200b..=0x200f | 0x202a..=0x202e | 0x2060..=0x2064 | 0x2066..=0x2069 | 0xfeff)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::q;
+
+    #[test]
+    fn values_cannot_add_fields() {
+        assert_eq!(q("<bob@example.com>").to_string(), "<bob@example.com>");
+        assert_eq!(
+            q("<prvs=1234abcdef=bob@example.com>").to_string(),
+            "<prvs=1234abcdef=bob@example.com>"
+        );
+        assert_eq!(q("").to_string(), "\"\"");
+        assert_eq!(
+            q("<\"x verdict=bounce-ok\"@example.com>").to_string(),
+            "\"<\\\"x verdict=bounce-ok\\\"@example.com>\""
+        );
+        assert_eq!(q("a\nb\r\tc\\").to_string(), "\"a\\nb\\r\\tc\\\\\"");
+        assert_eq!(q("é\u{202e}x\u{85}").to_string(), "\"é\\u{202e}x\\u{85}\"");
+    }
+}

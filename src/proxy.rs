@@ -6,11 +6,10 @@
 //! directory changes), so a reload never disturbs a session. Front mode adds the client
 //! handoff and STARTTLS of [`crate::front`].
 
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use tokio::io::BufReader;
@@ -18,16 +17,17 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
-use crate::address::DomainSet;
 use crate::bounce::{self, CheckVerdict};
 use crate::config::{Config, FrontProtocol, IpNet, ProxyMode, RejectAt};
+use crate::failed_tags::FailedTags;
 use crate::front::{self, ClientIo};
 use crate::keys::{KeySet, KeyStore};
+use crate::log::q;
 use crate::session::{Decision, End, Limits, Policy, Session};
 use crate::smtp::{self, Reply, SmtpError};
 use crate::tag;
 
-use crate::verdict::{judge, Judgement, TxVerdict};
+use crate::verdict::{self, judge, Judgement, Rules, TxVerdict};
 
 /// Counters per verdict and per key id (how often each key still validates tags).
 #[derive(Debug, Default)]
@@ -122,7 +122,7 @@ impl Counters {
 pub struct Settings {
     pub mode: ProxyMode,
     pub front_protocol: FrontProtocol,
-    pub protected: DomainSet,
+    pub rules: Rules,
     pub trusted: Vec<IpNet>,
     pub reject_at: RejectAt,
     pub enforce: bool,
@@ -161,7 +161,7 @@ impl Settings {
         Ok(Settings {
             mode: p.mode,
             front_protocol: p.front_protocol,
-            protected: config.protected_domain_set(),
+            rules: Rules::from_config(config),
             trusted: p.trusted_relays.iter().filter_map(|n| IpNet::parse(n).ok()).collect(),
             reject_at: p.reject_at,
             enforce: p.enforce,
@@ -188,18 +188,13 @@ impl Settings {
     }
 }
 
-/// How long invalid tags from one client are remembered, and for how many clients.
-const FAILED_TAG_WINDOW: i64 = 3600;
-const FAILED_TAG_CLIENTS: usize = 10_000;
-
 /// What every connection shares.
 pub struct Shared {
     keys: RwLock<Arc<KeySet>>,
     settings: RwLock<Arc<Settings>>,
     pub counters: Counters,
-    /// Invalid tags per client: (count, start of its window). Touched only when a tag
-    /// fails, never on the path of good mail.
-    failed_tags: Mutex<HashMap<IpAddr, (u32, i64)>>,
+    /// Invalid tags per client.
+    failed_tags: FailedTags,
     /// Fixed clock for tests (`--now`); None = the system clock.
     now: Option<i64>,
 }
@@ -210,28 +205,9 @@ impl Shared {
             keys: RwLock::new(Arc::new(keys)),
             settings: RwLock::new(Arc::new(settings)),
             counters: Counters::default(),
-            failed_tags: Mutex::new(HashMap::new()),
+            failed_tags: FailedTags::default(),
             now,
         }
-    }
-
-    /// Count one invalid tag from `client`; true if it is over `max` within the window.
-    fn failed_tag(&self, client: IpAddr, max: u32) -> bool {
-        let now = self.now();
-        let Ok(mut map) = self.failed_tags.lock() else { return false };
-        if map.len() >= FAILED_TAG_CLIENTS && !map.contains_key(&client) {
-            map.retain(|_, (_, start)| now - *start < FAILED_TAG_WINDOW);
-            if map.len() >= FAILED_TAG_CLIENTS {
-                // Memory stays bounded; forgetting is safe (a tag guess never succeeds).
-                map.clear();
-            }
-        }
-        let e = map.entry(client).or_insert((0, now));
-        if now - e.1 >= FAILED_TAG_WINDOW {
-            *e = (0, now);
-        }
-        e.0 += 1;
-        e.0 > max
     }
 
     fn now(&self) -> i64 {
@@ -267,10 +243,21 @@ pub struct Verify<'a> {
     today: i64,
     enforce: bool,
     sender: Option<String>,
+    /// The sender of the MAIL being relayed, as judged (the null path in any spelling is
+    /// empty).
+    pending_sender: Option<String>,
     /// The transaction's verdict, set by the first recipient the downstream accepted.
     verdict: Option<TxVerdict>,
     pending: Option<TxVerdict>,
     reason: &'static str,
+    pending_reason: &'static str,
+    /// Recipients the downstream accepted, bounce-ok and backscatter (monitor mode lets
+    /// both into one message and says so in its header), and the first backscatter's
+    /// reason.
+    accepted: [u32; 2],
+    backscatter_reason: &'static str,
+    /// Monitor mode has logged that it would have closed this session.
+    would_close_logged: bool,
     /// For the DATA check (non-null senders): the first accepted recipient that is
     /// protected and untagged (another recipient's tag says nothing about this one).
     untagged_rcpt: Option<String>,
@@ -291,9 +278,14 @@ impl<'a> Verify<'a> {
             today: 0,
             enforce: true,
             sender: None,
+            pending_sender: None,
             verdict: None,
             pending: None,
             reason: "",
+            pending_reason: "",
+            accepted: [0; 2],
+            backscatter_reason: "",
+            would_close_logged: false,
             untagged_rcpt: None,
             pending_rcpt: None,
         };
@@ -304,11 +296,11 @@ impl<'a> Verify<'a> {
     fn log(&self, rcpt: &str, j: &Judgement, action: &str) {
         let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
         crate::logln!(
-            "batv-proxy: session={:x} client={} sender=<{}> rcpt=<{}> verdict={} reason={} action={} key={} tag_days_left={}",
+            "batv-proxy: session={:x} client={} sender={} rcpt={} verdict={} reason={} action={} key={} tag_days_left={}",
             self.session,
             self.client,
-            self.sender.as_deref().unwrap_or("").escape_debug(),
-            rcpt.escape_debug(),
+            q(&format!("<{}>", self.sender.as_deref().unwrap_or(""))),
+            q(&format!("<{rcpt}>")),
             j.verdict.name(),
             j.reason,
             action,
@@ -346,57 +338,111 @@ fn queue_id(reply: &Reply) -> Option<String> {
 }
 
 impl Policy for Verify<'_> {
-    fn mail(&mut self, _path: &str) -> Decision {
-        Decision::Relay(None)
+    fn mail(&mut self, path: &str) -> Decision {
+        // Judged as the MTA reads it: every spelling of the null path it takes as null
+        // (`< >`, `<()>`, `<"">`) is a bounce, and goes on as `<>` so both agree.
+        match verdict::null_sender(path) {
+            Some(true) => {
+                self.pending_sender = Some(String::new());
+                Decision::Relay((!path.is_empty()).then(String::new))
+            }
+            Some(false) => {
+                self.pending_sender = Some(path.to_string());
+                Decision::Relay(None)
+            }
+            None if self.enforce => {
+                crate::logln!(
+                    "batv-proxy: session={:x} client={} sender={} action=refused reason=unreadable-sender",
+                    self.session,
+                    self.client,
+                    q(&format!("<{path}>"))
+                );
+                Decision::Refuse(Reply::new(501, "5.1.7", "Bad sender address syntax (BATV)"))
+            }
+            None => {
+                // Monitor mode: what cannot be read is judged as a bounce.
+                self.pending_sender = Some(String::new());
+                Decision::Relay(None)
+            }
+        }
     }
 
-    fn mail_reply(&mut self, path: &str, reply: &Reply) {
+    fn mail_reply(&mut self, _path: &str, reply: &Reply) {
         if reply.is_positive() {
             // A fresh key and settings snapshot and clock per transaction.
+            let sender = self.pending_sender.take();
             self.reset();
-            self.sender = Some(path.to_string());
+            self.sender = sender;
         }
     }
 
     fn rcpt(&mut self, path: &str) -> Decision {
-        let mut j = judge(path, &self.keys, &self.settings.protected, self.today);
+        let mut j = judge(path, &self.settings.rules, &self.keys, self.today);
         let c = &self.shared.counters;
-        if let Some(k) = j.key.filter(|_| j.stripped.is_some()) {
-            c.per_key[k as usize].fetch_add(1, Ordering::Relaxed);
-        }
-        let relay = Decision::Relay(j.stripped.clone());
-        if j.stripped.is_some() {
-            c.stripped.fetch_add(1, Ordering::Relaxed);
-        }
-        if !self.bounce() {
-            // Recipients with a tag, valid or not, are not inspected: a bounce carries
-            // the null sender, and what else reaches a tag is not backscatter.
-            if self.settings.data_check.is_some() && j.reason == "untagged" {
-                self.pending_rcpt = Some(path.to_string());
-            }
-            return relay;
-        }
-        if self.trusted_client && j.verdict == TxVerdict::Backscatter {
+        let bounce = self.bounce();
+        if self.trusted_client && bounce && j.verdict == TxVerdict::Backscatter {
             j.verdict = TxVerdict::BounceOk;
             j.reason = "trusted-relay";
         }
+        // Guessing at tags, in any transaction (a non-bounce to a guessed tag tells the
+        // guesser by its reply whether the tag was stripped): a client that has used up
+        // its failed tags gets no tagged recipient checked, and every invalid tag counts.
+        let tagged = j.stripped.is_some() || j.failed_tag();
+        if tagged && !self.trusted_client {
+            let max = self.settings.max_failed_tags;
+            let now = self.shared.now();
+            let failures = &self.shared.failed_tags;
+            if failures.exhausted(self.client, max, now) || (j.failed_tag() && failures.record(self.client, now) > max) {
+                if self.enforce {
+                    c.failed_tag_closes.fetch_add(1, Ordering::Relaxed);
+                    self.log(path, &j, "closed-too-many-invalid-tags");
+                    return Decision::Close(Reply::new(421, "4.7.0", "Too many invalid BATV tags, closing"));
+                }
+                if !self.would_close_logged {
+                    self.would_close_logged = true;
+                    self.log(path, &j, "would-close-too-many-invalid-tags");
+                }
+            }
+        }
+        if let Some(k) = j.key.filter(|_| j.stripped.is_some()) {
+            c.per_key[k as usize].fetch_add(1, Ordering::Relaxed);
+        }
+        if j.stripped.is_some() {
+            c.stripped.fetch_add(1, Ordering::Relaxed);
+        }
+        let relay = Decision::Relay(j.relay.clone());
+        let unreadable = Decision::Refuse(Reply::new(501, "5.1.3", "Bad recipient address syntax (BATV)"));
+        if !bounce {
+            // Recipients with a tag, valid or not, are not inspected: a bounce carries
+            // the null sender, and what else reaches a tag is not backscatter.
+            if self.settings.data_check.is_some() {
+                if j.verdict == TxVerdict::Unreadable && self.enforce && !self.trusted_client {
+                    // The DATA check judges this message for its recipients: one it
+                    // cannot read is one it cannot judge.
+                    self.log(path, &j, "refused");
+                    return unreadable;
+                }
+                if matches!(j.reason, "untagged" | "unreadable-address") {
+                    self.pending_rcpt = Some(j.relay.clone().unwrap_or_else(|| path.to_string()));
+                }
+            }
+            return relay;
+        }
         match j.verdict {
             TxVerdict::BounceOk => c.bounce_ok.fetch_add(1, Ordering::Relaxed),
-            TxVerdict::Backscatter => c.backscatter.fetch_add(1, Ordering::Relaxed),
+            TxVerdict::Backscatter | TxVerdict::Unreadable => c.backscatter.fetch_add(1, Ordering::Relaxed),
         };
-        // Guessing at tags: forged or made-up ones (an expired tag was once ours).
-        // Not while a genuine bounce is in this transaction (its recipient must not be
-        // deferred for ever), and never in monitor mode, which refuses nothing.
-        if matches!(j.reason, "bad-signature" | "unknown-key" | "malformed")
-            && self.verdict.or(self.pending) != Some(TxVerdict::BounceOk)
-            && self.shared.failed_tag(self.client, self.settings.max_failed_tags)
-        {
-            if self.enforce {
-                c.failed_tag_closes.fetch_add(1, Ordering::Relaxed);
-                self.log(path, &j, "closed-too-many-invalid-tags");
-                return Decision::Close(Reply::new(421, "4.7.0", "Too many invalid BATV tags, closing"));
+        if j.verdict == TxVerdict::Unreadable {
+            if self.trusted_client {
+                self.log(path, &j, "relayed-trusted");
+                return relay;
             }
-            self.log(path, &j, "would-close-too-many-invalid-tags");
+            if self.enforce {
+                self.log(path, &j, "refused");
+                return unreadable;
+            }
+            // Monitor mode counts it with the backscatter it would refuse.
+            j.verdict = TxVerdict::Backscatter;
         }
         if j.verdict == TxVerdict::Backscatter && self.enforce && self.settings.reject_at == RejectAt::Rcpt {
             self.log(path, &j, "refused");
@@ -406,8 +452,10 @@ impl Policy for Verify<'_> {
                 "Backscatter refused: this address never sent the message you are bouncing (BATV)",
             ));
         }
+        // One verdict per transaction; monitor mode changes nothing in the dialogue, so
+        // it lets every recipient in and marks the message with what each one was.
         let first = self.verdict.or(self.pending);
-        if first.is_some_and(|v| v != j.verdict && self.settings.reject_at == RejectAt::Data) {
+        if self.enforce && self.settings.reject_at == RejectAt::Data && first.is_some_and(|v| v != j.verdict) {
             self.log(path, &j, "deferred-452");
             return Decision::Refuse(Reply::new(
                 452,
@@ -416,18 +464,27 @@ impl Policy for Verify<'_> {
             ));
         }
         self.pending = Some(j.verdict);
-        self.reason = j.reason;
+        self.pending_reason = j.reason;
         self.log(path, &j, if self.enforce { "relayed" } else { "relayed-monitor" });
         relay
     }
 
     fn rcpt_reply(&mut self, reply: &Reply) {
         // Only a recipient the downstream accepted sets the transaction's verdict.
-        if reply.is_positive() && self.verdict.is_none() {
-            self.verdict = self.pending;
-        }
-        if self.verdict.is_none() {
-            self.pending = None;
+        if let Some(v) = self.pending.take().filter(|_| reply.is_positive()) {
+            if self.verdict.is_none() {
+                self.verdict = Some(v);
+                self.reason = self.pending_reason;
+            }
+            match v {
+                TxVerdict::BounceOk => self.accepted[0] += 1,
+                _ => {
+                    if self.accepted[1] == 0 {
+                        self.backscatter_reason = self.pending_reason;
+                    }
+                    self.accepted[1] += 1;
+                }
+            }
         }
         if let Some(rcpt) = self.pending_rcpt.take().filter(|_| reply.is_positive()) {
             self.untagged_rcpt.get_or_insert(rcpt);
@@ -435,7 +492,14 @@ impl Policy for Verify<'_> {
     }
 
     fn data(&mut self) -> Option<Reply> {
-        if self.verdict != Some(TxVerdict::Backscatter) {
+        // Enforcing, every accepted recipient has the first one's verdict; monitoring,
+        // any backscatter recipient makes the message what would have been refused.
+        let backscatter = if self.enforce {
+            self.verdict == Some(TxVerdict::Backscatter)
+        } else {
+            self.accepted[1] > 0
+        };
+        if !backscatter {
             return None;
         }
         let c = &self.shared.counters;
@@ -444,7 +508,7 @@ impl Policy for Verify<'_> {
             "batv-proxy: session={:x} client={} sender=<> verdict=backscatter reason={} action={action}",
             self.session,
             self.client,
-            self.reason
+            self.backscatter_reason
         );
         if !self.enforce {
             c.monitored_transactions.fetch_add(1, Ordering::Relaxed);
@@ -459,9 +523,23 @@ impl Policy for Verify<'_> {
     }
 
     fn header(&mut self) -> Option<Vec<u8>> {
-        // Monitor mode marks what it would have done, so an admin can sort and check.
-        let v = self.verdict.filter(|_| !self.enforce && self.bounce())?;
-        Some(format!("X-BATV: {}; reason={}; mode=monitor\r\n", v.name(), self.reason).into_bytes())
+        // Monitor mode marks what it would have done, so an admin can sort and check:
+        // one header per message, with each verdict's count when they differ.
+        if self.enforce || !self.bounce() || self.accepted == [0, 0] {
+            return None;
+        }
+        let [ok, bad] = self.accepted;
+        let (v, reason) = if bad > 0 {
+            (TxVerdict::Backscatter, self.backscatter_reason)
+        } else {
+            (TxVerdict::BounceOk, self.reason)
+        };
+        let mixed = if ok > 0 && bad > 0 {
+            format!("; recipients=bounce-ok:{ok},backscatter:{bad}")
+        } else {
+            String::new()
+        };
+        Some(format!("X-BATV: {}; reason={reason}; mode=monitor{mixed}\r\n", v.name()).into_bytes())
     }
 
     fn inspect(&mut self) -> Option<usize> {
@@ -479,7 +557,7 @@ impl Policy for Verify<'_> {
         remove_fields(head, b"X-BATV", complete);
         let report = bounce::inspect(head, head.len(), false);
         let rcpt = self.untagged_rcpt.as_deref();
-        let verdict = bounce::judge(&report, rcpt, &self.keys, &self.settings.protected, self.today);
+        let verdict = bounce::judge(&report, rcpt, &self.settings.rules, &self.keys, self.today);
         let c = &self.shared.counters;
         if let Some(i) = DATA_CHECK_VERDICTS.iter().position(|v| *v == verdict.name()) {
             c.data_checks[i].fetch_add(1, Ordering::Relaxed);
@@ -492,15 +570,18 @@ impl Policy for Verify<'_> {
             _ => "marked",
         };
         crate::logln!(
-            "batv-proxy: session={:x} client={} sender=<{}> rcpt=<{}> check=data verdict={} reason={} kind={} original_sender=<{}> inspected={}{} action={action}",
+            "batv-proxy: session={:x} client={} sender={} rcpt={} check=data verdict={} reason={} kind={} original_sender={} inspected={}{} action={action}",
             self.session,
             self.client,
-            self.sender.as_deref().unwrap_or("").escape_debug(),
-            rcpt.unwrap_or("").escape_debug(),
+            q(&format!("<{}>", self.sender.as_deref().unwrap_or(""))),
+            q(&format!("<{}>", rcpt.unwrap_or(""))),
             verdict.name(),
             verdict.reason(),
             report.kind.name(),
-            report.original_sender.as_deref().map_or("", |a| &a[..crate::bounce::floor(a, 256)]).escape_debug(),
+            q(&format!(
+                "<{}>",
+                report.original_sender.as_deref().map_or("", |a| &a[..crate::bounce::floor(a, 256)])
+            )),
             head.len(),
             if complete { "" } else { "+" },
         );
@@ -562,9 +643,13 @@ impl Policy for Verify<'_> {
         self.today = tag::unix_day(now);
         self.enforce = self.settings.enforcing(now);
         self.sender = None;
+        self.pending_sender = None;
         self.verdict = None;
         self.pending = None;
         self.reason = "";
+        self.pending_reason = "";
+        self.accepted = [0; 2];
+        self.backscatter_reason = "";
         self.untagged_rcpt = None;
         self.pending_rcpt = None;
     }
@@ -622,9 +707,10 @@ pub async fn handle(shared: Arc<Shared>, client: TcpStream, peer: SocketAddr, id
                 _ => "timed out".into(),
             };
             crate::logln!(
-                "batv-proxy: session={id:x} client={} downstream={} error=\"{why}\" action=421",
+                "batv-proxy: session={id:x} client={} downstream={} error={} action=421",
                 peer.ip(),
-                settings.forward
+                settings.forward,
+                q(&why)
             );
             let mut client = client;
             let _ = smtp::send(
@@ -649,7 +735,7 @@ pub async fn handle(shared: Arc<Shared>, client: TcpStream, peer: SocketAddr, id
         ProxyMode::Front => front_session(&shared, &settings, client, peer, id, BufReader::new(dr), dw, &mut policy).await,
     };
     if let Err(e) = result {
-        crate::logln!("batv-proxy: session={id:x} client={} error=\"{e}\"", peer.ip());
+        crate::logln!("batv-proxy: session={id:x} client={} error={}", peer.ip(), q(&e.to_string()));
     }
 }
 
@@ -682,7 +768,11 @@ async fn front_session(
         Ok(g) => g,
         Err(e) => {
             shared.counters.handoff_failures.fetch_add(1, Ordering::Relaxed);
-            crate::logln!("batv-proxy: session={id:x} client={} error=\"{e}\" action=421", peer.ip());
+            crate::logln!(
+                "batv-proxy: session={id:x} client={} error={} action=421",
+                peer.ip(),
+                q(&e.to_string())
+            );
             let mut client = client;
             smtp::send(&mut client, &Reply::new(421, "4.3.0", "Service not available, try again later").raw).await?;
             return Ok(());

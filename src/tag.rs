@@ -48,6 +48,39 @@ impl Scheme {
     }
 }
 
+/// The schemes a verifier accepts (`verify_schemes`). A native-only site must not accept
+/// prvs tags: 24 bits fall to online guessing, 40 do not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Schemes(u8);
+
+impl Schemes {
+    pub const ALL: Schemes = Schemes(0b11);
+
+    fn bit(scheme: Scheme) -> u8 {
+        match scheme {
+            Scheme::Native => 0b01,
+            Scheme::Prvs => 0b10,
+        }
+    }
+
+    pub fn of<I: IntoIterator<Item = Scheme>>(schemes: I) -> Schemes {
+        Schemes(schemes.into_iter().fold(0, |b, s| b | Schemes::bit(s)))
+    }
+
+    pub fn accepts(self, scheme: Scheme) -> bool {
+        self.0 & Schemes::bit(scheme) != 0
+    }
+
+    /// The verdict on a well-formed tag of a scheme not accepted here: it counts as a
+    /// failed tag, like any other that is not ours.
+    fn refusal(scheme: Scheme) -> Verdict<'static> {
+        match scheme {
+            Scheme::Native => Verdict::Malformed("native tags are not accepted here (verify_schemes)"),
+            Scheme::Prvs => Verdict::Malformed("prvs tags are not accepted here (verify_schemes)"),
+        }
+    }
+}
+
 impl std::fmt::Display for Scheme {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.name())
@@ -587,29 +620,39 @@ impl Tagged<'_> {
 }
 
 /// Check an address against a key lookup, as of Unix day `today`.
-pub fn verify<'a, 'k>(s: &'a str, today: i64, keys: impl Fn(u8) -> Option<&'k TagKey>) -> Result<Verdict<'a>, AddressError> {
-    if let Some(v) = verify_plain(s, today, &keys) {
+pub fn verify<'a, 'k>(
+    s: &'a str,
+    today: i64,
+    schemes: Schemes,
+    keys: impl Fn(u8) -> Option<&'k TagKey>,
+) -> Result<Verdict<'a>, AddressError> {
+    if let Some(v) = verify_plain(s, today, schemes, &keys) {
         return Ok(v);
     }
-    verify_general(s, today, keys)
+    verify_general(s, today, schemes, keys)
 }
 
 /// `verify` for any input, through the parser.
 #[doc(hidden)]
-pub fn verify_general<'a, 'k>(s: &'a str, today: i64, keys: impl Fn(u8) -> Option<&'k TagKey>) -> Result<Verdict<'a>, AddressError> {
+pub fn verify_general<'a, 'k>(
+    s: &'a str,
+    today: i64,
+    schemes: Schemes,
+    keys: impl Fn(u8) -> Option<&'k TagKey>,
+) -> Result<Verdict<'a>, AddressError> {
     let t = match parse(s)? {
         Parsed::Untagged(_) => return Ok(Verdict::Untagged),
         Parsed::Malformed(why) => return Ok(Verdict::Malformed(why)),
         Parsed::Tagged(t) => t,
     };
-    Ok(check(t, today, keys))
+    Ok(check(t, today, schemes, keys))
 }
 
 /// `verify` of the common case, a well-formed tag on a plain ASCII dot-atom address, with
 /// the HMAC block laid out straight from the input and nothing built but the verdict.
 /// `None` sends anything else to [`verify_general`], which gives the same verdict on
 /// every input (a property test checks this).
-fn verify_plain<'a, 'k>(s: &'a str, today: i64, keys: &impl Fn(u8) -> Option<&'k TagKey>) -> Option<Verdict<'a>> {
+fn verify_plain<'a, 'k>(s: &'a str, today: i64, schemes: Schemes, keys: &impl Fn(u8) -> Option<&'k TagKey>) -> Option<Verdict<'a>> {
     let b = s.as_bytes();
     if !looks_tagged(s) || b.len() > address::MAX_ADDRESS_LEN {
         return None;
@@ -644,6 +687,9 @@ fn verify_plain<'a, 'k>(s: &'a str, today: i64, keys: &impl Fn(u8) -> Option<&'k
         kd[0] - b'0',
         (kd[1] - b'0') as u16 * 100 + (kd[2] - b'0') as u16 * 10 + (kd[3] - b'0') as u16,
     );
+    if !schemes.accepts(scheme) {
+        return Some(Schemes::refusal(scheme));
+    }
     let Some(key) = keys(key_id) else {
         return Some(Verdict::UnknownKey(key_id));
     };
@@ -664,7 +710,10 @@ fn verify_plain<'a, 'k>(s: &'a str, today: i64, keys: &impl Fn(u8) -> Option<&'k
 }
 
 /// Check a parsed tag.
-pub fn check<'a, 'k>(t: Tagged<'a>, today: i64, keys: impl Fn(u8) -> Option<&'k TagKey>) -> Verdict<'a> {
+pub fn check<'a, 'k>(t: Tagged<'a>, today: i64, schemes: Schemes, keys: impl Fn(u8) -> Option<&'k TagKey>) -> Verdict<'a> {
+    if !schemes.accepts(t.scheme) {
+        return Schemes::refusal(t.scheme);
+    }
     let Some(key) = keys(t.key_id) else {
         return Verdict::UnknownKey(t.key_id);
     };
@@ -818,15 +867,38 @@ mod tests {
         for scheme in [Scheme::Native, Scheme::Prvs] {
             let a = address::parse("Jane.Doe@Example.org").unwrap();
             let signed = sign(&keys[1], 1, scheme, &a, day_stamp(20_000, 7)).unwrap();
-            let fast = verify_plain(&signed, 20_000, &lookup);
+            let fast = verify_plain(&signed, 20_000, Schemes::ALL, &lookup);
             assert!(
                 matches!(&fast, Some(Verdict::Valid(c)) if c.original == "Jane.Doe@Example.org"),
                 "{fast:?}"
             );
-            assert_eq!(fast, Some(verify_general(&signed, 20_000, lookup).unwrap()));
+            assert_eq!(fast, Some(verify_general(&signed, 20_000, Schemes::ALL, lookup).unwrap()));
             // Quoted and UTF-8 addresses go the general way.
             let q = address::parse("\"j d\"@example.org").unwrap();
-            assert_eq!(verify_plain(&sign(&keys[1], 1, scheme, &q, 7).unwrap(), 20_000, &lookup), None);
+            assert_eq!(
+                verify_plain(&sign(&keys[1], 1, scheme, &q, 7).unwrap(), 20_000, Schemes::ALL, &lookup),
+                None
+            );
+        }
+    }
+
+    #[test]
+    fn only_accepted_schemes_verify() {
+        let keys = [TagKey::new(b"k0"), TagKey::new(b"k1")];
+        let lookup = |k: u8| keys.get(k as usize);
+        for (scheme, other) in [(Scheme::Native, Scheme::Prvs), (Scheme::Prvs, Scheme::Native)] {
+            for a in ["jane@example.org", "\"j d\"@example.org"] {
+                let a = address::parse(a).unwrap();
+                let signed = sign(&keys[1], 1, scheme, &a, day_stamp(20_000, 7)).unwrap();
+                assert!(verify(&signed, 20_000, Schemes::of([scheme]), lookup).unwrap().is_valid());
+                let refused = verify(&signed, 20_000, Schemes::of([other]), lookup).unwrap();
+                assert!(
+                    matches!(refused, Verdict::Malformed(w) if w.contains("verify_schemes")),
+                    "{refused:?}"
+                );
+                // The fast path and the general one agree on the refusal too.
+                assert_eq!(verify_general(&signed, 20_000, Schemes::of([other]), lookup).unwrap(), refused);
+            }
         }
     }
 
@@ -876,7 +948,7 @@ mod tests {
         let a = address::parse("\"john doe\"@example.com").unwrap();
         let s = sign(&key, 1, Scheme::Native, &a, 787).unwrap();
         assert!(s.starts_with("\"prvs=1787") && s.ends_with("=john doe\"@example.com"), "{s}");
-        let v = verify(&s, 20_780, |k| (k == 1).then_some(&key)).unwrap();
+        let v = verify(&s, 20_780, Schemes::ALL, |k| (k == 1).then_some(&key)).unwrap();
         match v {
             Verdict::Valid(c) => assert_eq!(c.original, "\"john doe\"@example.com"),
             other => panic!("{other:?}"),

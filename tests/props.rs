@@ -46,7 +46,7 @@ proptest! {
         prop_assert!(address::parse(&signed).is_ok(), "signed form must be a valid address: {}", signed);
         // Valid from signing through expiry (and a day either side), whatever the day.
         let day = today - 1 + checked_after.min(lifetime as i64 + 2);
-        match tag::verify(&signed, day, |k| keys.get(k as usize)).unwrap() {
+        match tag::verify(&signed, day, tag::Schemes::ALL, |k| keys.get(k as usize)).unwrap() {
             Verdict::Valid(c) => {
                 prop_assert_eq!(c.original.as_ref(), addr_text.as_str());
                 prop_assert_eq!(c.key_id, key_id);
@@ -58,19 +58,19 @@ proptest! {
         prop_assert_eq!(stripped.as_ref(), addr_text.as_str());
         // Two days past expiry it is expired, and still authentic.
         let late = today + lifetime as i64 + 2;
-        let v = tag::verify(&signed, late, |k| keys.get(k as usize)).unwrap();
+        let v = tag::verify(&signed, late, tag::Schemes::ALL, |k| keys.get(k as usize)).unwrap();
         prop_assert!(matches!(v, Verdict::Expired(_)), "{:?}", v);
         // A verifier without that key does not accept it.
-        let v = tag::verify(&signed, today, |k| (k != key_id).then(|| &keys[k as usize])).unwrap();
+        let v = tag::verify(&signed, today, tag::Schemes::ALL, |k| (k != key_id).then(|| &keys[k as usize])).unwrap();
         prop_assert_eq!(v, Verdict::UnknownKey(key_id));
         // The fast path (plain ASCII addresses) and the parser agree on every day, every
         // case and every key set.
         for text in [signed.clone(), signed.to_ascii_uppercase(), signed.replacen("prvs=", "PRVS=", 1)] {
             for d in [today - 1, day, late, today + 500] {
                 let all = |k: u8| keys.get(k as usize);
-                prop_assert_eq!(tag::verify(&text, d, all), tag::verify_general(&text, d, all), "{} on day {}", text, d);
+                prop_assert_eq!(tag::verify(&text, d, tag::Schemes::ALL, all), tag::verify_general(&text, d, tag::Schemes::ALL, all), "{} on day {}", text, d);
                 let none = |_: u8| None;
-                prop_assert_eq!(tag::verify(&text, d, none), tag::verify_general(&text, d, none));
+                prop_assert_eq!(tag::verify(&text, d, tag::Schemes::ALL, none), tag::verify_general(&text, d, tag::Schemes::ALL, none));
             }
         }
     }
@@ -82,7 +82,7 @@ proptest! {
         let addr = address::parse(&text).unwrap();
         let signed = tag::sign(&keys[3], 3, Scheme::Native, &addr, tag::day_stamp(today, 7)).unwrap();
         for variant in [signed.to_ascii_uppercase(), signed.to_ascii_lowercase()] {
-            let v = tag::verify(&variant, today, |k| keys.get(k as usize)).unwrap();
+            let v = tag::verify(&variant, today, tag::Schemes::ALL, |k| keys.get(k as usize)).unwrap();
             prop_assert!(v.is_valid(), "{} -> {:?}", variant, v);
         }
     }
@@ -108,8 +108,8 @@ proptest! {
                 let mut v = chars.clone();
                 v[i] = c;
                 let s: String = v.into_iter().collect();
-                let verdict = tag::verify(&s, today, |k| keys.get(k as usize));
-                prop_assert_eq!(&verdict, &tag::verify_general(&s, today, |k| keys.get(k as usize)), "fast and general paths differ on {}", s);
+                let verdict = tag::verify(&s, today, tag::Schemes::ALL, |k| keys.get(k as usize));
+                prop_assert_eq!(&verdict, &tag::verify_general(&s, today, tag::Schemes::ALL, |k| keys.get(k as usize)), "fast and general paths differ on {}", s);
                 let valid = matches!(verdict, Ok(Verdict::Valid(_)));
                 if c.eq_ignore_ascii_case(&chars[i]) {
                     prop_assert!(valid, "case change must verify: {} -> {:?}", s, verdict);
@@ -129,8 +129,8 @@ proptest! {
             let _ = address::parse(input);
             let _ = tag::parse(input);
             let _ = tag::strip(input);
-            let v = tag::verify(input, 20_780, |k| keys.get(k as usize));
-            prop_assert_eq!(&v, &tag::verify_general(input, 20_780, |k| keys.get(k as usize)), "fast and general paths differ on {:?}", input);
+            let v = tag::verify(input, 20_780, tag::Schemes::ALL, |k| keys.get(k as usize));
+            prop_assert_eq!(&v, &tag::verify_general(input, 20_780, tag::Schemes::ALL, |k| keys.get(k as usize)), "fast and general paths differ on {:?}", input);
             // Nothing random is a valid tag.
             prop_assert!(!matches!(v, Ok(Verdict::Valid(_))), "{:?}", input);
         }
