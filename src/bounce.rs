@@ -97,9 +97,17 @@ pub fn inspect(raw: &[u8], limit: usize, null_sender: bool) -> Report {
             envelope_recipient: None,
         };
     };
-    let envelope_recipient = ["X-Original-To", "Delivered-To"]
-        .iter()
-        .find_map(|h| msg.header_raw(*h).and_then(bare));
+    // The delivering MTA puts its own field on top, above any a sender forged: the
+    // topmost of these is the one to believe (Postfix X-Original-To and Delivered-To,
+    // Exim's Envelope-to).
+    let envelope_recipient = msg
+        .headers_raw()
+        .find(|(name, _)| {
+            ["X-Original-To", "Delivered-To", "Envelope-to"]
+                .iter()
+                .any(|h| name.eq_ignore_ascii_case(h))
+        })
+        .and_then(|(_, value)| bare(value));
     let kind = classify(&msg, null_sender);
     if kind == Kind::NotABounce {
         return Report {

@@ -192,8 +192,19 @@ fn assert_real_bounce(s: &Store, b: &Bounce, tagged: &str, plain: &str) {
     assert_eq!(field(&out, "original_sender"), tagged, "{what}: {out}");
     assert_eq!(field(&out, "recipient"), tagged, "{what}: {out}");
     // Without --sender and --recipient (no X-Original-To either): the returned message
-    // carries the tag.
+    // carries the tag, but a tag vouches only for its own address, and whose bounce this
+    // is nobody said: delivered, unjudged.
     let (code, out) = s.check(&[], &b.raw);
+    let out = String::from_utf8(out).unwrap();
+    assert_eq!(
+        (code, field(&out, "verdict"), field(&out, "reason")),
+        (0, "unknown", "no-recipient"),
+        "{what}: {out}"
+    );
+    // Delivered by an MTA that names the recipient (Postfix's Delivered-To, after the tag
+    // was stripped): the returned sender's tag is the recipient's own.
+    let delivered = [format!("Delivered-To: {plain}\r\n").as_bytes(), &b.raw[..]].concat();
+    let (code, out) = s.check(&[], &delivered);
     let out = String::from_utf8(out).unwrap();
     assert_eq!((code, field(&out, "verdict")), (0, "bounce-with-valid-tag"), "{what}: {out}");
     // An MTA that stripped the envelope tag before delivery: the returned message still has it.

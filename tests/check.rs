@@ -110,21 +110,27 @@ fn generated_bounces_are_judged_by_their_tags() {
             "not-prvs" => ("backscatter", "untagged", 1),
             other => panic!("{file}: {other}"),
         };
-        // With the envelope the MTA used, and without it (the returned message's sender).
+        // With the envelope the MTA used, and without it: then a tag in the returned
+        // message vouches for nobody (whose bounce is it?), but an untagged or forged
+        // sender of ours is still backscatter.
         for args in [vec!["--sender", "", "--recipient", rcpt], vec![]] {
             let (c, out) = s.check(&args, &raw);
             assert_eq!(field(&out, "kind"), kind, "{file} {args:?}: {out}");
             assert_eq!(field(&out, "original_sender"), rcpt, "{file} {args:?}: {out}");
-            assert_eq!(
-                (field(&out, "verdict"), field(&out, "reason"), c),
-                (verdict, reason, code),
-                "{file} {args:?}: {out}"
-            );
+            let want = match (args.is_empty(), verdict) {
+                (true, "bounce-with-valid-tag") => ("unknown", "no-recipient", 0),
+                _ => (verdict, reason, code),
+            };
+            assert_eq!((field(&out, "verdict"), field(&out, "reason"), c), want, "{file} {args:?}: {out}");
         }
-        // An MTA that stripped the tag before delivery: the returned sender still has it.
+        // An MTA that stripped the tag before delivery: the returned sender still has it,
+        // and the recipient comes from the delivering MTA's Delivered-To.
         if let Some(stripped) = rcpt.strip_prefix("prvs=").and_then(|r| r.split_once('=')).map(|x| x.1) {
             let (c, out) = s.check(&["--recipient", stripped], &raw);
             assert_eq!((field(&out, "verdict"), c), (verdict, code), "{file} stripped: {out}");
+            let delivered = [format!("Delivered-To: {stripped}\r\n").as_bytes(), &raw[..]].concat();
+            let (c, out) = s.check(&[], &delivered);
+            assert_eq!((field(&out, "verdict"), c), (verdict, code), "{file} Delivered-To: {out}");
         }
     }
 }
@@ -136,7 +142,9 @@ fn add_header_writes_the_message_back_and_exits_0() {
         ("postfix-untagged-sender.eml", "backscatter; reason=untagged"),
         ("exim-unknown-user.eml", "bounce-with-valid-tag; reason=valid"),
     ] {
+        // As the MTA delivered it, to the address without its tag.
         let raw = std::fs::read(corpus().join("generated").join(file)).unwrap();
+        let raw = [&b"Delivered-To: user@example.org\r\n"[..], &raw].concat();
         let (code, out) = s.check(&["--add-header"], &raw);
         assert_eq!(code, 0, "{file}");
         let header = format!("X-BATV: {verdict}; kind=delivery-report\r\n");
@@ -150,6 +158,74 @@ fn add_header_writes_the_message_back_and_exits_0() {
     let (code, out) = s.check(&["--add-header"], &raw);
     assert_eq!(code, 0);
     assert!(out.starts_with("X-BATV: unknown; reason=keys-unavailable;"), "{out}");
+}
+
+/// Issue 13, "any tag vouches": every message we send carries a tag, so a spammer can quote
+/// a colleague's tagged Return-Path in a bounce to alice. Only a tag on alice's own address
+/// (canonically: case and a trailing dot aside) makes a bounce to alice genuine.
+#[test]
+fn a_tag_vouches_only_for_its_own_address() {
+    let s = Store::new();
+    // Returned message's sender: prvs=0787ed3775=user@example.org (valid on the day).
+    let raw = std::fs::read(corpus().join("generated/exim-unknown-user.eml")).unwrap();
+    for (rcpt, verdict, reason, code) in [
+        ("user@example.org", "bounce-with-valid-tag", "valid", 0),
+        ("USER@Example.ORG.", "bounce-with-valid-tag", "valid", 0),
+        ("alice@example.org", "backscatter", "tag-of-another-address", 1),
+        ("user.x@example.org", "backscatter", "tag-of-another-address", 1),
+        // Not ours to protect: not refused, whatever is quoted.
+        ("user@example.net", "unknown", "not-protected", 0),
+        // A recipient that cannot be read as an address: no verdict either way.
+        ("user @ example.org,", "unknown", "unreadable-recipient", 0),
+    ] {
+        let (c, out) = s.check(&["--sender", "", "--recipient", rcpt], &raw);
+        assert_eq!(
+            (field(&out, "verdict"), field(&out, "reason"), c),
+            (verdict, reason, code),
+            "{rcpt}: {out}"
+        );
+    }
+    // The recipient from the delivering MTA's own field (the topmost), not one the sender
+    // forged further down.
+    let forged = String::from_utf8_lossy(&raw).replacen("\r\n\r\n", "\r\nX-Original-To: user@example.org\r\n\r\n", 1);
+    let delivered = format!("Delivered-To: alice@example.org\r\n{forged}");
+    let (c, out) = s.check(&[], delivered.as_bytes());
+    assert_eq!(
+        (field(&out, "verdict"), field(&out, "recipient"), c),
+        ("backscatter", "alice@example.org", 1),
+        "{out}"
+    );
+    let (c, out) = s.check(&[], forged.as_bytes());
+    assert_eq!((field(&out, "verdict"), c), ("bounce-with-valid-tag", 0), "{out}");
+}
+
+/// Issue 13, "log injection": what a message says is quoted in check's output line, so it
+/// cannot add a field.
+#[test]
+fn values_from_the_message_cannot_add_fields() {
+    let s = Store::new();
+    let raw = std::fs::read(corpus().join("generated/postfix-untagged-sender.eml")).unwrap();
+    let text = String::from_utf8_lossy(&raw).replace("user@example.org", "\"x verdict=bounce-with-valid-tag\"@example.org");
+    let (_, out) = s.check(&["--sender", ""], text.as_bytes());
+    // The keys a logfmt reader finds: each once, the quoted value whole.
+    let (mut keys, mut quoted, mut escaped, mut word) = (Vec::new(), false, false, String::new());
+    for c in out.trim_end().chars().chain([' ']) {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            ' ' if !quoted => {
+                keys.push(word.split('=').next().unwrap_or("").to_string());
+                word.clear();
+                continue;
+            }
+            _ => {}
+        }
+        word.push(c);
+    }
+    assert_eq!(keys, ["verdict", "reason", "kind", "original_sender", "recipient"], "{out}");
+    assert!(out.starts_with("verdict=backscatter "), "{out}");
+    assert!(out.contains("original_sender=\"\\\"x verdict="), "{out}");
 }
 
 #[test]

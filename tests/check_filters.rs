@@ -74,7 +74,8 @@ impl Home {
 fn four_cases(appends_newline: bool, run: impl Fn(&Home, &str, &[u8])) {
     let home = Home::new();
     let backscatter = generated("exim-untagged-sender.eml");
-    let genuine = generated("exim-unknown-user.eml");
+    // As Postfix's local(8) hands it over: Delivered-To names the (stripped) recipient.
+    let genuine = [&b"Delivered-To: user@example.org\r\n"[..], &generated("exim-unknown-user.eml")].concat();
     let ordinary =
         std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/ordinary/01-re-undelivered-mail-discussion.eml")).unwrap();
     run(&home, "keys", &backscatter);

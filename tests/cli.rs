@@ -83,9 +83,18 @@ fn listing(dir: &Path) -> Vec<String> {
     v
 }
 
+/// A config for a verifier that accepts both schemes (Exim interop, a migration).
+fn both_schemes(t: &tempfile::TempDir) -> String {
+    let cfg = t.path().join("both.toml");
+    fs::write(&cfg, "verify_schemes = [\"native\", \"prvs\"]\n").unwrap();
+    cfg.to_string_lossy().into_owned()
+}
+
 #[test]
 fn sign_verify_both_schemes() {
-    let (_t, k) = store();
+    let (t, k) = store();
+    let cfg = both_schemes(&t);
+    let batv = |k: &Path, args: &[&str]| batv(k, &[&["--config", &cfg], args].concat());
     for scheme in ["native", "prvs"] {
         let s = sign(&k, TODAY, &["--scheme", scheme], "Alice.Smith+x@Example.COM");
         let len = if scheme == "native" { 12 } else { 10 };
@@ -106,9 +115,37 @@ fn sign_verify_both_schemes() {
     }
 }
 
+/// Issue 13: a native-only verifier (the default: `verify_schemes = [scheme]`) does not take
+/// 24-bit prvs tags, which fall to brute force in minutes; listing prvs takes them.
+#[test]
+fn only_the_accepted_schemes_verify() {
+    let (t, k) = store();
+    let p = sign(&k, TODAY, &["--scheme", "prvs"], "alice@example.com");
+    let r = batv(&k, &["--now", TODAY, "verify", "--json", &p]);
+    assert_eq!(r.code, 1, "{}", r.out);
+    let v: serde_json::Value = serde_json::from_str(r.out.trim()).unwrap();
+    assert_eq!(
+        (v["reason"].as_str(), v["valid"].as_bool()),
+        (Some("malformed"), Some(false)),
+        "{v}"
+    );
+    assert!(v["detail"].as_str().unwrap_or("").contains("verify_schemes"), "{v}");
+    let cfg = both_schemes(&t);
+    assert_eq!(batv(&k, &["--config", &cfg, "--now", TODAY, "verify", &p]).code, 0);
+    // And a prvs-only site refuses native tags.
+    let prvs_only = t.path().join("prvs.toml");
+    fs::write(&prvs_only, "scheme = \"prvs\"\n").unwrap();
+    let n = sign(&k, TODAY, &["--scheme", "native"], "alice@example.com");
+    let r = batv(&k, &["--config", prvs_only.to_str().unwrap(), "--now", TODAY, "verify", &n]);
+    assert_eq!(r.code, 1, "{}", r.err);
+    assert!(r.err.contains("native tags are not accepted"), "{}", r.err);
+}
+
 #[test]
 fn native_tags_survive_case_changes_prvs_tags_do_not() {
-    let (_t, k) = store();
+    let (t, k) = store();
+    let cfg = both_schemes(&t);
+    let batv = |k: &Path, args: &[&str]| batv(k, &[&["--config", &cfg], args].concat());
     let n = sign(&k, TODAY, &["--scheme", "native"], "alice@example.com");
     assert_eq!(batv(&k, &["--now", TODAY, "verify", &n.to_uppercase()]).code, 0);
     let p = sign(&k, TODAY, &["--scheme", "prvs"], "alice@example.com");

@@ -227,7 +227,8 @@ impl Store {
         let keys = dir.path().join("keys");
         std::fs::create_dir(&keys).unwrap();
         let config = dir.path().join("batv.toml");
-        std::fs::write(&config, "").unwrap();
+        // Exim interop: prvs tags are accepted where they are listed.
+        std::fs::write(&config, "verify_schemes = [\"native\", \"prvs\"]\n").unwrap();
         let file = dir.path().join("secret");
         std::fs::write(&file, secret).unwrap();
         let s = Store {
