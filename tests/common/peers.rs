@@ -26,6 +26,39 @@ impl Client {
         }
     }
 
+    /// Like `connect`, from a chosen loopback address (e.g. 127.0.0.2, which a Postfix with
+    /// `mynetworks = 127.0.0.1/32` does not trust).
+    pub fn connect_from(addr: &str, source: std::net::Ipv4Addr) -> Client {
+        use std::os::fd::FromRawFd;
+        let to: std::net::SocketAddrV4 = addr.parse().unwrap();
+        let sin = |a: std::net::SocketAddrV4| libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: a.port().to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from(*a.ip()).to_be(),
+            },
+            sin_zero: [0; 8],
+        };
+        let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+        // Owned from here on: closed when dropped, whatever fails below.
+        let s = unsafe { TcpStream::from_raw_fd(fd) };
+        let from = sin(std::net::SocketAddrV4::new(source, 0));
+        let bound = unsafe { libc::bind(fd, (&raw const from).cast(), len) };
+        assert_eq!(bound, 0, "bind {source}: {}", std::io::Error::last_os_error());
+        // A loopback connect is answered at once (accepted or refused): no timeout needed.
+        let dest = sin(to);
+        let connected = unsafe { libc::connect(fd, (&raw const dest).cast(), len) };
+        assert_eq!(connected, 0, "connect {addr} from {source}: {}", std::io::Error::last_os_error());
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
+        Client {
+            r: BufReader::new(s.try_clone().unwrap()),
+            w: s,
+        }
+    }
+
     pub fn send(&mut self, bytes: &[u8]) {
         self.w.write_all(bytes).unwrap();
     }
