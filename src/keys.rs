@@ -74,7 +74,7 @@ pub enum KeyError {
     ForeignDirOwner { path: PathBuf, owner: String },
     #[error("{0}: empty secret")]
     EmptySecret(PathBuf),
-    #[error("{path}: secret is {len} bytes, shorter than the {MIN_SECRET_LEN} a key needs (a short secret can be guessed); make new keys (`batv keys init` in a new directory, or `batv keys import` a longer secret) and move this store aside")]
+    #[error("{path}: secret is {len} bytes; a key needs {MIN_SECRET_LEN} to {MAX_SECRET_LEN} (shorter ones can be guessed): move this store aside and make new keys (`batv keys init`, or `batv keys import` a longer secret)")]
     ShortSecret { path: PathBuf, len: usize },
     #[error("secret must be {MIN_SECRET_LEN} to {MAX_SECRET_LEN} bytes, got {0}")]
     BadSecretLength(usize),
