@@ -10,8 +10,8 @@
 //!
 //! Whoever can write the directory or a key file can make batv sign and verify with a key
 //! of their choosing, and whoever can read a key file can forge tags: every load and every
-//! write first checks the directory's and the files' owners and modes (`check_dir`,
-//! `check_key_file`), and refuses what is not private.
+//! write first checks the directory's and the files' owners and modes (`dir_policy`,
+//! `file_policy`), and refuses what is not private.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -30,8 +30,8 @@ const LOCK: &str = ".lock";
 /// Retired keys are kept this long: the longest a tag can stay valid (31 days ahead plus
 /// a day of grace).
 pub const PRUNE_AFTER_DAYS: i64 = 32;
-/// Shorter secrets can be guessed offline from one signed address (a tag is an HMAC of
-/// it), and chosen passwords usually are this short.
+/// A tag is an HMAC of the address, so one signed address lets anyone test guesses of the
+/// secret offline: a short secret falls to exhaustive search, 16 random bytes do not.
 pub const MIN_SECRET_LEN: usize = 16;
 /// One SHA-256 block: longer keys would be hashed first, which adds nothing.
 pub const MAX_SECRET_LEN: usize = 64;
@@ -846,6 +846,7 @@ fn read_only_fs(path: &Path) -> io::Result<bool> {
 
 /// A user's name and uid for messages ("nobody (uid 65534)"), or the uid alone.
 fn user_name(uid: u32) -> String {
+    // SAFETY: passwd is plain data; all zeros is a valid (empty) value.
     let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
     let mut buf = vec![0 as libc::c_char; 16 * 1024];
     let mut result: *mut libc::passwd = std::ptr::null_mut();
@@ -861,6 +862,7 @@ fn user_name(uid: u32) -> String {
 
 /// A group's name, or its number if it has none.
 fn group_name(gid: u32) -> String {
+    // SAFETY: group is plain data; all zeros is a valid (empty) value.
     let mut grp: libc::group = unsafe { std::mem::zeroed() };
     let mut buf = vec![0 as libc::c_char; 16 * 1024];
     let mut result: *mut libc::group = std::ptr::null_mut();
