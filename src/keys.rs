@@ -779,7 +779,8 @@ fn effective_uid() -> u32 {
 
 /// Refuse a keys directory that someone other than root and `euid` could add files to or
 /// rename files in. On a read-only mount the write bits grant nothing: a Kubernetes Secret
-/// volume is mode 1777 but mounted read-only.
+/// volume is mode 1777 but mounted read-only. (Whoever can write the mount's source, which
+/// batv cannot see, is trusted like root.)
 fn dir_policy(path: &Path, mode: u32, uid: u32, euid: u32, read_only: bool) -> Result<(), KeyError> {
     if uid != 0 && uid != euid {
         return Err(KeyError::ForeignDirOwner {
@@ -844,48 +845,66 @@ fn read_only_fs(path: &Path) -> io::Result<bool> {
     Ok(st.f_flag & libc::ST_RDONLY != 0)
 }
 
+/// An entry of the user or group database, looked up by `call` (a `get*_r` function) into
+/// a buffer of its own; `read` sees it while the buffer its strings point into lives.
+fn nss_entry<E: NssEntry, T>(
+    call: impl FnOnce(*mut E, *mut libc::c_char, usize, *mut *mut E) -> libc::c_int,
+    read: impl FnOnce(&E) -> T,
+) -> Option<T> {
+    // SAFETY: NssEntry types are plain C structs, for which all zeros is a valid value.
+    let mut entry: E = unsafe { std::mem::zeroed() };
+    let mut buf = vec![0 as libc::c_char; 16 * 1024];
+    let mut result: *mut E = std::ptr::null_mut();
+    let rc = call(&mut entry, buf.as_mut_ptr(), buf.len(), &mut result);
+    (rc == 0 && !result.is_null()).then(|| read(&entry))
+}
+
+/// The structs `nss_entry` may zero.
+trait NssEntry {}
+impl NssEntry for libc::passwd {}
+impl NssEntry for libc::group {}
+
+/// A string of an entry `nss_entry` found.
+///
+/// # Safety
+/// `p` is one of the entry's string fields, read inside `nss_entry`'s `read` (while the
+/// buffer it points into lives).
+unsafe fn entry_str(p: *const libc::c_char) -> String {
+    // SAFETY: per the contract, NUL-terminated text in a live buffer.
+    unsafe { std::ffi::CStr::from_ptr(p) }.to_string_lossy().into_owned()
+}
+
 /// A user's name and uid for messages ("nobody (uid 65534)"), or the uid alone.
 fn user_name(uid: u32) -> String {
-    // SAFETY: passwd is plain data; all zeros is a valid (empty) value.
-    let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
-    let mut buf = vec![0 as libc::c_char; 16 * 1024];
-    let mut result: *mut libc::passwd = std::ptr::null_mut();
-    // SAFETY: all pointers are valid for the call; buf outlives the use of pw's strings.
-    let rc = unsafe { libc::getpwuid_r(uid, &mut pw, buf.as_mut_ptr(), buf.len(), &mut result) };
-    if rc != 0 || result.is_null() {
-        return format!("uid {uid}");
-    }
-    // SAFETY: on success pw_name points to a NUL-terminated string in buf.
-    let name = unsafe { std::ffi::CStr::from_ptr(pw.pw_name) }.to_string_lossy();
-    format!("{name} (uid {uid})")
+    // SAFETY: the pointers nss_entry passes are valid for the call.
+    nss_entry(
+        |pw, buf, len, res| unsafe { libc::getpwuid_r(uid, pw, buf, len, res) },
+        // SAFETY: inside read, a field of the entry.
+        |pw: &libc::passwd| format!("{} (uid {uid})", unsafe { entry_str(pw.pw_name) }),
+    )
+    .unwrap_or_else(|| format!("uid {uid}"))
 }
 
 /// A group's name, or its number if it has none.
 fn group_name(gid: u32) -> String {
-    // SAFETY: group is plain data; all zeros is a valid (empty) value.
-    let mut grp: libc::group = unsafe { std::mem::zeroed() };
-    let mut buf = vec![0 as libc::c_char; 16 * 1024];
-    let mut result: *mut libc::group = std::ptr::null_mut();
-    // SAFETY: all pointers are valid for the call; buf outlives the use of grp's strings.
-    let rc = unsafe { libc::getgrgid_r(gid, &mut grp, buf.as_mut_ptr(), buf.len(), &mut result) };
-    if rc != 0 || result.is_null() {
-        return gid.to_string();
-    }
-    // SAFETY: on success gr_name points to a NUL-terminated string in buf.
-    unsafe { std::ffi::CStr::from_ptr(grp.gr_name) }.to_string_lossy().into_owned()
+    // SAFETY: the pointers nss_entry passes are valid for the call.
+    nss_entry(
+        |gr, buf, len, res| unsafe { libc::getgrgid_r(gid, gr, buf, len, res) },
+        // SAFETY: inside read, a field of the entry.
+        |gr: &libc::group| unsafe { entry_str(gr.gr_name) },
+    )
+    .unwrap_or_else(|| gid.to_string())
 }
 
 fn lookup_group(name: &str) -> Result<u32, KeyError> {
-    let cname = std::ffi::CString::new(name).map_err(|_| KeyError::UnknownGroup(name.to_string()))?;
-    let mut grp: libc::group = unsafe { std::mem::zeroed() };
-    let mut buf = vec![0 as libc::c_char; 16 * 1024];
-    let mut result: *mut libc::group = std::ptr::null_mut();
-    // SAFETY: all pointers are valid for the call; buf outlives it.
-    let rc = unsafe { libc::getgrnam_r(cname.as_ptr(), &mut grp, buf.as_mut_ptr(), buf.len(), &mut result) };
-    if rc != 0 || result.is_null() {
-        return Err(KeyError::UnknownGroup(name.to_string()));
-    }
-    Ok(grp.gr_gid)
+    let unknown = || KeyError::UnknownGroup(name.to_string());
+    let cname = std::ffi::CString::new(name).map_err(|_| unknown())?;
+    // SAFETY: the pointers nss_entry passes are valid for the call; cname outlives it.
+    nss_entry(
+        |gr, buf, len, res| unsafe { libc::getgrnam_r(cname.as_ptr(), gr, buf, len, res) },
+        |gr: &libc::group| gr.gr_gid,
+    )
+    .ok_or_else(unknown)
 }
 
 #[cfg(test)]
