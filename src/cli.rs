@@ -339,7 +339,10 @@ reused while it is listed.
 The keys directory holds manifest.toml (ids, states, times, fingerprints; no secrets) and
 one key-N.secret file per key (mode 0600, or 0640 with key_group). Every change is written
 to a temporary file and renamed into place, so a reader sees the old key set or the new one,
-never zero or two active keys.
+never zero or two active keys. Secrets are 16 to 64 bytes. Whatever loads or changes keys
+refuses (exit 78) a key file that others, or a group other than key_group, may read, one
+writable by its group, and a keys directory writable by its group or others; both must
+belong to root or to the user batv runs as.
 
 One host: `batv keys rotate`. A fleet sharing keys, in two phases: `batv keys add --standby`
 (or `import`) on every host, then `batv keys activate ID` on every host, so no host ever sees
@@ -350,6 +353,10 @@ pub enum KeysCommand {
     /// Create the keys directory and a first active key, unless keys exist
     Init,
     /// List keys: id, state, times, fingerprint (never the secret)
+    ///
+    /// The fingerprint is the first 8 bytes of HMAC-SHA256(secret, "batv key fingerprint")
+    /// in hex: equal on every host for the same secret, and no plain hash of the secret
+    /// that guesses could be checked against.
     List,
     /// Add a new key and make it active (the previous active key is retired)
     Add {
@@ -371,7 +378,10 @@ pub enum KeysCommand {
     },
     /// Delete keys retired more than 32 days ago
     Prune,
-    /// Import a secret (1-64 bytes, one trailing newline stripped) as standby key ID
+    /// Import a secret (16-64 bytes, one trailing newline stripped) as standby key ID
+    ///
+    /// A shorter or longer secret is refused (exit 65): a short one could be guessed from
+    /// one signed address.
     #[command(group = clap::ArgGroup::new("source").required(true))]
     Import {
         #[arg(value_name = "ID")]

@@ -7,12 +7,18 @@
 //! keys. New secrets are written before the manifest names them, and pruned secrets are
 //! deleted after it stops naming them. Loading never writes (the directory may be a
 //! read-only mount) and is all or nothing.
+//!
+//! Whoever can write the directory or a key file can make batv sign and verify with a key
+//! of their choosing, and whoever can read a key file can forge tags: every load and every
+//! write first checks the directory's and the files' owners and modes (`dir_policy`,
+//! `file_policy`), and refuses what is not private.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use hmac::{KeyInit, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::Digest;
 
@@ -24,7 +30,14 @@ const LOCK: &str = ".lock";
 /// Retired keys are kept this long: the longest a tag can stay valid (31 days ahead plus
 /// a day of grace).
 pub const PRUNE_AFTER_DAYS: i64 = 32;
+/// A tag is an HMAC of the address, so one signed address lets anyone test guesses of the
+/// secret offline: a short secret falls to exhaustive search, 16 random bytes do not.
+pub const MIN_SECRET_LEN: usize = 16;
+/// One SHA-256 block: longer keys would be hashed first, which adds nothing.
 pub const MAX_SECRET_LEN: usize = 64;
+/// The message of the fingerprint's HMAC: the fingerprint is useless to someone testing
+/// guesses against a plain hash of likely secrets.
+const FINGERPRINT_LABEL: &[u8] = b"batv key fingerprint";
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
@@ -38,9 +51,32 @@ pub enum KeyError {
     Corrupt { path: PathBuf, reason: String },
     #[error("{path}: key file is accessible to everyone (mode {mode:04o}); run `chmod 600 {path}` (or 640 with key_group)")]
     WorldAccessible { path: PathBuf, mode: u32 },
+    #[error("{path}: key file is writable by its group (mode {mode:04o}); run `chmod 600 {path}` (or 640 with key_group)")]
+    GroupWritable { path: PathBuf, mode: u32 },
+    #[error("{path}: key file is readable by group {group} (mode {mode:04o}) but {}; run {}",
+        .key_group.as_ref().map_or_else(|| "key_group is not set".to_string(), |g| format!("key_group is {g:?}")),
+        .key_group.as_ref().map_or_else(
+            || format!("`chmod 600 {}` or set key_group = {group:?}", path.display()),
+            |g| format!("`chmod 600 {}` or `chgrp {g} {}`", path.display(), path.display())
+        ))]
+    GroupReadable {
+        path: PathBuf,
+        mode: u32,
+        /// The file's group, by name where it has one.
+        group: String,
+        key_group: Option<String>,
+    },
+    #[error("{path}: key file is owned by {owner}, neither root nor the user batv runs as; run `chown root {path}`")]
+    ForeignFileOwner { path: PathBuf, owner: String },
+    #[error("{path}: keys directory is writable by {by} (mode {mode:04o}), who could plant a key; run `chmod go-w {path}`")]
+    DirWritable { path: PathBuf, mode: u32, by: &'static str },
+    #[error("{path}: keys directory is owned by {owner}, who is neither root nor the user batv runs as and could plant a key; run `chown root {path}`")]
+    ForeignDirOwner { path: PathBuf, owner: String },
     #[error("{0}: empty secret")]
     EmptySecret(PathBuf),
-    #[error("secret must be 1 to {MAX_SECRET_LEN} bytes, got {0}")]
+    #[error("{path}: secret is {len} bytes; a key needs {MIN_SECRET_LEN} to {MAX_SECRET_LEN} (shorter ones can be guessed): move this store aside and make new keys (`batv keys init`, or `batv keys import` a longer secret)")]
+    ShortSecret { path: PathBuf, len: usize },
+    #[error("secret must be {MIN_SECRET_LEN} to {MAX_SECRET_LEN} bytes, got {0}")]
     BadSecretLength(usize),
     #[error("no key with id {0}")]
     UnknownKey(u8),
@@ -115,8 +151,9 @@ pub struct KeyInfo {
     pub activated: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none", with = "time::rfc3339_opt")]
     pub retired: Option<i64>,
-    /// First 8 bytes of SHA-256 of the secret, hex: tells truncated or swapped secret
-    /// files apart, and lets a fleet compare keys without showing them.
+    /// `Secret::fingerprint`: tells truncated or swapped secret files apart, and lets a
+    /// fleet compare keys without showing them. Manifests written before it was an HMAC
+    /// hold `Secret::legacy_fingerprint`, accepted on load and replaced on the next write.
     pub fingerprint: String,
 }
 
@@ -146,7 +183,7 @@ pub struct Secret(Vec<u8>);
 
 impl Secret {
     pub fn new(bytes: Vec<u8>) -> Result<Self, KeyError> {
-        if bytes.is_empty() || bytes.len() > MAX_SECRET_LEN {
+        if !(MIN_SECRET_LEN..=MAX_SECRET_LEN).contains(&bytes.len()) {
             return Err(KeyError::BadSecretLength(bytes.len()));
         }
         Ok(Secret(bytes))
@@ -173,9 +210,26 @@ impl Secret {
         &self.0
     }
 
+    /// First 8 bytes of HMAC-SHA256(key = secret, message = "batv key fingerprint"), as 16
+    /// lower-case hex characters. The same on every host for the same secret.
     pub fn fingerprint(&self) -> String {
-        sha2::Sha256::digest(&self.0)[..8].iter().map(|b| format!("{b:02x}")).collect()
+        // HMAC pads a key shorter than its block with zeros, so padding it here is the same
+        // key, and gives the fixed-size key that `new` takes without a failure path.
+        let mut key = [0u8; MAX_SECRET_LEN];
+        key[..self.0.len()].copy_from_slice(&self.0);
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new(&key.into());
+        mac.update(FINGERPRINT_LABEL);
+        hex8(&mac.finalize().into_bytes())
     }
+
+    /// What manifests of old versions hold: a plain SHA-256 prefix, never shown again.
+    fn legacy_fingerprint(&self) -> String {
+        hex8(&sha2::Sha256::digest(&self.0))
+    }
+}
+
+fn hex8(digest: &[u8]) -> String {
+    digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
 }
 
 impl std::fmt::Debug for Secret {
@@ -240,10 +294,11 @@ impl KeySet {
     }
 }
 
-/// An active key with id 2 and secret `test`, for unit tests.
+/// An active key with id 2 and secret `test`, for unit tests. Built directly: the tests'
+/// expected tags are for this secret, shorter than a store accepts.
 #[cfg(test)]
 pub(crate) fn test_key() -> Key {
-    let secret = Secret::new(b"test".to_vec()).unwrap();
+    let secret = Secret(b"test".to_vec());
     Key {
         tag: crate::tag::TagKey::new(secret.expose()),
         info: KeyInfo {
@@ -338,13 +393,17 @@ impl KeyStore {
         format!("key-{id}.secret")
     }
 
+    /// The directory exists and no one but root and us can change what is in it. Follows
+    /// symlinks: the directory may be one.
     fn check_dir(&self) -> Result<(), KeyError> {
-        match fs::metadata(&self.dir) {
-            Ok(m) if m.is_dir() => Ok(()),
-            Ok(_) => Err(KeyError::NotADir(self.dir.clone())),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(KeyError::MissingDir(self.dir.clone())),
-            Err(e) => Err(KeyError::io(&self.dir, e)),
-        }
+        let m = match fs::metadata(&self.dir) {
+            Ok(m) if m.is_dir() => m,
+            Ok(_) => return Err(KeyError::NotADir(self.dir.clone())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(KeyError::MissingDir(self.dir.clone())),
+            Err(e) => return Err(KeyError::io(&self.dir, e)),
+        };
+        let read_only = m.mode() & 0o022 != 0 && read_only_fs(&self.dir).map_err(|e| KeyError::io(&self.dir, e))?;
+        dir_policy(&self.dir, m.mode(), m.uid(), effective_uid(), read_only)
     }
 
     /// Load the whole key set, or fail and change nothing.
@@ -369,8 +428,9 @@ impl KeyStore {
         let mut keys = Vec::with_capacity(manifest.keys.len());
         for info in &manifest.keys {
             let path = self.path(&Self::secret_name(info.id));
-            let secret = read_secret_file(&path)?;
-            if secret.fingerprint() != info.fingerprint {
+            let secret = self.read_secret_file(&path)?;
+            let fingerprint = secret.fingerprint();
+            if info.fingerprint != fingerprint && info.fingerprint != secret.legacy_fingerprint() {
                 return Err(KeyError::Corrupt {
                     path,
                     reason: format!(
@@ -379,10 +439,15 @@ impl KeyStore {
                     ),
                 });
             }
+            // A legacy fingerprint is never shown, and the next manifest write replaces it.
+            let info = KeyInfo {
+                fingerprint,
+                ..info.clone()
+            };
             keys.push(Key {
                 tag: TagKey::new(secret.expose()),
                 secret,
-                info: info.clone(),
+                info,
             });
         }
         KeySet::from_keys(keys).map_err(|reason| KeyError::Corrupt {
@@ -467,6 +532,28 @@ impl KeyStore {
         Ok(f)
     }
 
+    /// Read a secret file, refusing one that anyone but root, us and `key_group` could read
+    /// or change. Follows symlinks (a Kubernetes Secret's files are symlinks into `..data`).
+    fn read_secret_file(&self, path: &Path) -> Result<Secret, KeyError> {
+        let f = File::open(path).map_err(|e| KeyError::io(path, e))?;
+        let meta = f.metadata().map_err(|e| KeyError::io(path, e))?;
+        file_policy(path, &meta, self.group.as_ref(), effective_uid())?;
+        let mut bytes = Vec::with_capacity(MAX_SECRET_LEN + 1);
+        io::Read::read_to_end(&mut io::Read::take(f, (MAX_SECRET_LEN + 2) as u64), &mut bytes).map_err(|e| KeyError::io(path, e))?;
+        match Secret::from_file_bytes(bytes) {
+            Ok(s) => Ok(s),
+            Err(KeyError::BadSecretLength(0)) => Err(KeyError::EmptySecret(path.to_path_buf())),
+            Err(KeyError::BadSecretLength(len)) if len < MIN_SECRET_LEN => Err(KeyError::ShortSecret {
+                path: path.to_path_buf(),
+                len,
+            }),
+            Err(_) => Err(KeyError::Corrupt {
+                path: path.to_path_buf(),
+                reason: format!("secret longer than {MAX_SECRET_LEN} bytes"),
+            }),
+        }
+    }
+
     fn file_mode(&self) -> u32 {
         if self.group.is_some() {
             0o640
@@ -531,6 +618,8 @@ impl KeyStore {
         if let Some((_, gid)) = &self.group {
             std::os::unix::fs::chown(&self.dir, None, Some(*gid)).map_err(|e| KeyError::io(&self.dir, e))?;
         }
+        // A umask of 077 would have cleared the group's bits.
+        fs::set_permissions(&self.dir, fs::Permissions::from_mode(mode)).map_err(|e| KeyError::io(&self.dir, e))?;
         Ok(())
     }
 
@@ -577,8 +666,9 @@ impl KeyStore {
         self.check_dir()?;
         let lock = self.lock()?;
         let m = self.read_manifest()?;
-        self.load_secrets(&m)?;
-        Ok((lock, m.keys))
+        // The loaded infos carry current fingerprints, so the write drops legacy ones.
+        let keys = self.load_secrets(&m)?.iter().map(|k| k.info.clone()).collect();
+        Ok((lock, keys))
     }
 
     /// The next free id after the newest key's, wrapping; ids still listed are never reused.
@@ -682,40 +772,139 @@ fn retire_active(keys: &mut [KeyInfo], now: i64) -> Option<u8> {
     Some(k.id)
 }
 
-/// Read a secret file, refusing one that everyone may read.
-fn read_secret_file(path: &Path) -> Result<Secret, KeyError> {
-    let f = File::open(path).map_err(|e| KeyError::io(path, e))?;
-    let meta = f.metadata().map_err(|e| KeyError::io(path, e))?;
-    let mode = meta.mode() & 0o7777;
-    if mode & 0o007 != 0 {
-        return Err(KeyError::WorldAccessible {
+fn effective_uid() -> u32 {
+    // SAFETY: a plain getter.
+    unsafe { libc::geteuid() }
+}
+
+/// Refuse a keys directory that someone other than root and `euid` could add files to or
+/// rename files in. On a read-only mount the write bits grant nothing: a Kubernetes Secret
+/// volume is mode 1777 but mounted read-only. (Whoever can write the mount's source, which
+/// batv cannot see, is trusted like root.)
+fn dir_policy(path: &Path, mode: u32, uid: u32, euid: u32, read_only: bool) -> Result<(), KeyError> {
+    if uid != 0 && uid != euid {
+        return Err(KeyError::ForeignDirOwner {
             path: path.to_path_buf(),
-            mode,
+            owner: user_name(uid),
         });
     }
-    let mut bytes = Vec::with_capacity(MAX_SECRET_LEN + 1);
-    io::Read::read_to_end(&mut io::Read::take(f, (MAX_SECRET_LEN + 2) as u64), &mut bytes).map_err(|e| KeyError::io(path, e))?;
-    match Secret::from_file_bytes(bytes) {
-        Ok(s) => Ok(s),
-        Err(KeyError::BadSecretLength(0)) => Err(KeyError::EmptySecret(path.to_path_buf())),
-        Err(_) => Err(KeyError::Corrupt {
-            path: path.to_path_buf(),
-            reason: format!("secret longer than {MAX_SECRET_LEN} bytes"),
-        }),
+    let by = if mode & 0o002 != 0 {
+        "others"
+    } else if mode & 0o020 != 0 {
+        "its group"
+    } else {
+        return Ok(());
+    };
+    if read_only {
+        return Ok(());
     }
+    Err(KeyError::DirWritable {
+        path: path.to_path_buf(),
+        mode: mode & 0o7777,
+        by,
+    })
+}
+
+/// Refuse a key file that anyone but root, `euid` and the key group could read, or that
+/// anyone but its owner could change.
+fn file_policy(path: &Path, meta: &fs::Metadata, key_group: Option<&(String, u32)>, euid: u32) -> Result<(), KeyError> {
+    let mode = meta.mode() & 0o7777;
+    let path = path.to_path_buf();
+    if mode & 0o007 != 0 {
+        return Err(KeyError::WorldAccessible { path, mode });
+    }
+    if mode & 0o020 != 0 {
+        return Err(KeyError::GroupWritable { path, mode });
+    }
+    if mode & 0o040 != 0 && key_group.is_none_or(|(_, gid)| *gid != meta.gid()) {
+        return Err(KeyError::GroupReadable {
+            path,
+            mode,
+            group: group_name(meta.gid()),
+            key_group: key_group.map(|(name, _)| name.clone()),
+        });
+    }
+    if meta.uid() != 0 && meta.uid() != euid {
+        return Err(KeyError::ForeignFileOwner {
+            path,
+            owner: user_name(meta.uid()),
+        });
+    }
+    Ok(())
+}
+
+/// True if `path` is on a file system mounted read-only.
+fn read_only_fs(path: &Path) -> io::Result<bool> {
+    let c = std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str()))
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in path"))?;
+    // SAFETY: zeroed is a valid statvfs; c is a NUL-terminated path that outlives the call.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(st.f_flag & libc::ST_RDONLY != 0)
+}
+
+/// An entry of the user or group database, looked up by `call` (a `get*_r` function) into
+/// a buffer of its own; `read` sees it while the buffer its strings point into lives.
+fn nss_entry<E: NssEntry, T>(
+    call: impl FnOnce(*mut E, *mut libc::c_char, usize, *mut *mut E) -> libc::c_int,
+    read: impl FnOnce(&E) -> T,
+) -> Option<T> {
+    // SAFETY: NssEntry types are plain C structs, for which all zeros is a valid value.
+    let mut entry: E = unsafe { std::mem::zeroed() };
+    let mut buf = vec![0 as libc::c_char; 16 * 1024];
+    let mut result: *mut E = std::ptr::null_mut();
+    let rc = call(&mut entry, buf.as_mut_ptr(), buf.len(), &mut result);
+    (rc == 0 && !result.is_null()).then(|| read(&entry))
+}
+
+/// The structs `nss_entry` may zero.
+trait NssEntry {}
+impl NssEntry for libc::passwd {}
+impl NssEntry for libc::group {}
+
+/// A string of an entry `nss_entry` found.
+///
+/// # Safety
+/// `p` is one of the entry's string fields, read inside `nss_entry`'s `read` (while the
+/// buffer it points into lives).
+unsafe fn entry_str(p: *const libc::c_char) -> String {
+    // SAFETY: per the contract, NUL-terminated text in a live buffer.
+    unsafe { std::ffi::CStr::from_ptr(p) }.to_string_lossy().into_owned()
+}
+
+/// A user's name and uid for messages ("nobody (uid 65534)"), or the uid alone.
+fn user_name(uid: u32) -> String {
+    // SAFETY: the pointers nss_entry passes are valid for the call.
+    nss_entry(
+        |pw, buf, len, res| unsafe { libc::getpwuid_r(uid, pw, buf, len, res) },
+        // SAFETY: inside read, a field of the entry.
+        |pw: &libc::passwd| format!("{} (uid {uid})", unsafe { entry_str(pw.pw_name) }),
+    )
+    .unwrap_or_else(|| format!("uid {uid}"))
+}
+
+/// A group's name, or its number if it has none.
+fn group_name(gid: u32) -> String {
+    // SAFETY: the pointers nss_entry passes are valid for the call.
+    nss_entry(
+        |gr, buf, len, res| unsafe { libc::getgrgid_r(gid, gr, buf, len, res) },
+        // SAFETY: inside read, a field of the entry.
+        |gr: &libc::group| unsafe { entry_str(gr.gr_name) },
+    )
+    .unwrap_or_else(|| gid.to_string())
 }
 
 fn lookup_group(name: &str) -> Result<u32, KeyError> {
-    let cname = std::ffi::CString::new(name).map_err(|_| KeyError::UnknownGroup(name.to_string()))?;
-    let mut grp: libc::group = unsafe { std::mem::zeroed() };
-    let mut buf = vec![0 as libc::c_char; 16 * 1024];
-    let mut result: *mut libc::group = std::ptr::null_mut();
-    // SAFETY: all pointers are valid for the call; buf outlives it.
-    let rc = unsafe { libc::getgrnam_r(cname.as_ptr(), &mut grp, buf.as_mut_ptr(), buf.len(), &mut result) };
-    if rc != 0 || result.is_null() {
-        return Err(KeyError::UnknownGroup(name.to_string()));
-    }
-    Ok(grp.gr_gid)
+    let unknown = || KeyError::UnknownGroup(name.to_string());
+    let cname = std::ffi::CString::new(name).map_err(|_| unknown())?;
+    // SAFETY: the pointers nss_entry passes are valid for the call; cname outlives it.
+    nss_entry(
+        |gr, buf, len, res| unsafe { libc::getgrnam_r(cname.as_ptr(), gr, buf, len, res) },
+        |gr: &libc::group| gr.gr_gid,
+    )
+    .ok_or_else(unknown)
 }
 
 #[cfg(test)]
@@ -740,10 +929,157 @@ mod tests {
 
     #[test]
     fn secret_file_bytes() {
-        assert_eq!(Secret::from_file_bytes(b"abc\n".to_vec()).unwrap().expose(), b"abc");
-        assert_eq!(Secret::from_file_bytes(b"abc\n\n".to_vec()).unwrap().expose(), b"abc\n");
+        let s = b"sixteen-bytes-ok";
+        assert_eq!(Secret::from_file_bytes([&s[..], b"\n"].concat()).unwrap().expose(), s);
+        assert_eq!(
+            Secret::from_file_bytes([&s[..], b"\n\n"].concat()).unwrap().expose(),
+            [&s[..], b"\n"].concat()
+        );
         assert!(Secret::from_file_bytes(b"\n".to_vec()).is_err());
         assert!(Secret::from_file_bytes(vec![b'a'; 65]).is_err());
         assert_eq!(Secret::generate().unwrap().expose().len(), 64);
+    }
+
+    #[test]
+    fn secrets_are_16_to_64_bytes() {
+        for len in [0, 1, 15, 65] {
+            let e = Secret::new(vec![b'x'; len]).unwrap_err();
+            assert_eq!(e.to_string(), format!("secret must be 16 to 64 bytes, got {len}"));
+            assert_eq!(e.exit_code(), crate::exit::EX_DATAERR);
+        }
+        for len in [16, 64] {
+            assert_eq!(Secret::new(vec![b'x'; len]).unwrap().expose().len(), len);
+        }
+        // The trailing LF of a file does not count.
+        assert!(Secret::from_file_bytes(b"fifteen-bytes-x\n".to_vec()).is_err());
+    }
+
+    #[test]
+    fn fingerprint_is_a_domain_separated_hmac() {
+        // Known answers from Python's hmac module, an implementation of its own:
+        // hmac.new(secret, b"batv key fingerprint", "sha256").hexdigest()[:16]
+        let s = Secret::new(b"0123456789abcdef".to_vec()).unwrap();
+        assert_eq!(s.fingerprint(), "318a265d2b45ada3");
+        let s = Secret::new(vec![0xa5; 64]).unwrap();
+        assert_eq!(s.fingerprint(), "3550645eeaeba9e0");
+        // Not the plain hash a dictionary of likely secrets can be checked against.
+        assert_eq!(s.legacy_fingerprint(), hex8(&sha2::Sha256::digest([0xa5; 64])));
+        assert_ne!(s.fingerprint(), s.legacy_fingerprint());
+    }
+
+    fn store_with_key(dir: &Path, secret: &[u8]) -> KeyStore {
+        let store = KeyStore::new(dir, None).unwrap();
+        store.init(0).unwrap();
+        store.import(5, Secret::new(secret.to_vec()).unwrap(), 0).unwrap();
+        store
+    }
+
+    #[test]
+    fn legacy_fingerprints_load_and_are_replaced_on_write() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().join("keys");
+        let secret = b"a shared secret, 31 bytes long.";
+        let store = store_with_key(&dir, secret);
+        let s = Secret::new(secret.to_vec()).unwrap();
+        let manifest = dir.join(MANIFEST);
+        let text = fs::read_to_string(&manifest).unwrap();
+        assert!(text.contains(&s.fingerprint()) && !text.contains(&s.legacy_fingerprint()));
+        fs::write(&manifest, text.replace(&s.fingerprint(), &s.legacy_fingerprint())).unwrap();
+
+        let keys = store.load().unwrap();
+        assert_eq!(keys.key(5).unwrap().info.fingerprint, s.fingerprint());
+        store.add(true, 0).unwrap();
+        let text = fs::read_to_string(&manifest).unwrap();
+        assert!(text.contains(&s.fingerprint()) && !text.contains(&s.legacy_fingerprint()), "{text}");
+
+        // Any other fingerprint is still a mismatch.
+        fs::write(&manifest, text.replace(&s.fingerprint(), "0000000000000000")).unwrap();
+        assert!(matches!(store.load(), Err(KeyError::Corrupt { .. })));
+    }
+
+    #[test]
+    fn short_secret_files_do_not_load() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().join("keys");
+        let store = store_with_key(&dir, b"sixteen-bytes-ok");
+        let file = dir.join("key-5.secret");
+        fs::write(&file, "s3cret\n").unwrap();
+        let e = store.load().unwrap_err();
+        assert!(matches!(&e, KeyError::ShortSecret { path, len: 6 } if *path == file), "{e}");
+        assert_eq!(e.exit_code(), crate::exit::EX_CONFIG);
+        assert!(e.to_string().contains("key-5.secret: secret is 6 bytes"), "{e}");
+    }
+
+    #[test]
+    fn directory_policy() {
+        let p = Path::new("/k");
+        let ok = |mode, uid, euid, ro| dir_policy(p, mode, uid, euid, ro).is_ok();
+        // What `keys init` makes, and a plain `mkdir` under umask 022.
+        assert!(ok(0o40700, 0, 0, false) && ok(0o40750, 0, 0, false) && ok(0o40755, 0, 0, false));
+        // Our own directory, e.g. a checkout's keys/ run by its owner.
+        assert!(ok(0o40700, 1000, 1000, false));
+        // Root's directory read by a set-gid wrapper running as its caller.
+        assert!(ok(0o40750, 0, 1000, false));
+        for (mode, by) in [
+            (0o40770, "its group"),
+            (0o40777, "others"),
+            (0o41777, "others"),
+            (0o40702, "others"),
+        ] {
+            let e = dir_policy(p, mode, 0, 0, false).unwrap_err();
+            assert!(matches!(e, KeyError::DirWritable { by: b, .. } if b == by), "{mode:o}: {e}");
+            assert!(e.to_string().contains("chmod go-w /k"), "{e}");
+            assert_eq!(e.exit_code(), crate::exit::EX_CONFIG);
+        }
+        // A Kubernetes Secret volume: 1777, but mounted read-only.
+        assert!(ok(0o41777, 0, 0, true));
+        // Someone else's directory, even a private one, even read-only.
+        for (uid, euid) in [(65534, 0), (1000, 1001)] {
+            let e = dir_policy(p, 0o40700, uid, euid, true).unwrap_err();
+            assert!(matches!(e, KeyError::ForeignDirOwner { .. }), "{e}");
+            assert!(e.to_string().contains("chown root /k"), "{e}");
+        }
+    }
+
+    #[test]
+    fn key_file_policy() {
+        let t = tempfile::tempdir().unwrap();
+        let path = t.path().join("key-1.secret");
+        fs::write(&path, "0123456789abcdef\n").unwrap();
+        let check = |mode: u32, group: Option<&(String, u32)>, euid: u32| {
+            fs::set_permissions(&path, fs::Permissions::from_mode(mode)).unwrap();
+            file_policy(&path, &fs::metadata(&path).unwrap(), group, euid)
+        };
+        let meta = fs::metadata(&path).unwrap();
+        let (me, my_gid) = (meta.uid(), meta.gid());
+        let mine = ("mine".to_string(), my_gid);
+        let other = ("other".to_string(), my_gid + 1);
+        assert!(check(0o600, None, me).is_ok());
+        assert!(check(0o400, None, me).is_ok());
+        assert!(check(0o640, Some(&mine), me).is_ok());
+        assert!(check(0o600, Some(&mine), me).is_ok());
+        let e = check(0o640, None, me).unwrap_err();
+        let msg = e.to_string();
+        assert!(matches!(e, KeyError::GroupReadable { .. }), "{e}");
+        assert!(msg.contains("mode 0640") && msg.contains("key_group is not set"), "{msg}");
+        assert!(msg.contains(&format!("chmod 600 {}", path.display())), "{msg}");
+        assert!(msg.contains(&format!("key_group = {:?}", group_name(my_gid))), "{msg}");
+        let msg = check(0o640, Some(&other), me).unwrap_err().to_string();
+        assert!(msg.contains("key_group is \"other\"") && msg.contains("chgrp other"), "{msg}");
+        assert!(matches!(check(0o660, Some(&mine), me), Err(KeyError::GroupWritable { .. })));
+        assert!(matches!(check(0o620, None, me), Err(KeyError::GroupWritable { .. })));
+        for mode in [0o604, 0o602, 0o644] {
+            assert!(matches!(check(mode, Some(&mine), me), Err(KeyError::WorldAccessible { .. })));
+        }
+        // Owned by a user that is neither root nor us.
+        let stranger = if me == 0 {
+            std::os::unix::fs::chown(&path, Some(65534), None).unwrap();
+            0
+        } else {
+            me + 1
+        };
+        let e = check(0o600, None, stranger).unwrap_err();
+        assert!(matches!(e, KeyError::ForeignFileOwner { .. }), "{e}");
+        assert!(e.to_string().contains("chown root"), "{e}");
     }
 }

@@ -455,10 +455,10 @@ fn fleet_rotation_in_two_phases() {
 fn import_validates_the_secret() {
     let (_t, k) = store();
     let r = run_in(&k, &["keys", "import", "5", "--secret-stdin"], Some(b"\n"));
-    assert_one_line_error(&r, 65, "1 to 64 bytes");
+    assert_one_line_error(&r, 65, "16 to 64 bytes, got 0");
     let r = run_in(&k, &["keys", "import", "5", "--secret-stdin"], Some(&[b'x'; 65]));
-    assert_one_line_error(&r, 65, "1 to 64 bytes");
-    let r = run_in(&k, &["keys", "import", "1", "--secret-stdin"], Some(b"abc"));
+    assert_one_line_error(&r, 65, "16 to 64 bytes, got 65");
+    let r = run_in(&k, &["keys", "import", "1", "--secret-stdin"], Some(b"a good long secret"));
     assert_one_line_error(&r, 65, "in use");
     let r = run_in(&k, &["keys", "import", "5", "--secret-stdin"], Some(&[b'y'; 64]));
     assert_eq!(r.code, 0, "{}", r.err);
@@ -484,8 +484,16 @@ fn corrupt_key_stores_are_refused() {
         ),
         (
             "truncated secret",
-            |k| fs::write(k.join("key-1.secret"), "abcdef\n").unwrap(),
+            |k| {
+                let s = fs::read_to_string(k.join("key-1.secret")).unwrap();
+                fs::write(k.join("key-1.secret"), &s[..20]).unwrap()
+            },
             "fingerprint",
+        ),
+        (
+            "short secret",
+            |k| fs::write(k.join("key-1.secret"), "s3cret\n").unwrap(),
+            "secret is 6 bytes",
         ),
         ("empty secret", |k| fs::write(k.join("key-1.secret"), "").unwrap(), "empty secret"),
         (
@@ -573,6 +581,8 @@ fn as_nobody(keys: &Path, args: &[&str]) -> Option<Run> {
 #[test]
 fn unwritable_keys_directory_leaves_no_partial_state() {
     let (t, k) = store();
+    // Before the files change hands: root refuses key files of another user.
+    let signed = sign(&k, TODAY, &[], "a@example.com");
     fs::set_permissions(t.path(), fs::Permissions::from_mode(0o755)).unwrap();
     if unsafe { libc::geteuid() } == 0 {
         // The files belong to nobody, the directory stays root's 0755.
@@ -584,7 +594,6 @@ fn unwritable_keys_directory_leaves_no_partial_state() {
         fs::set_permissions(&k, fs::Permissions::from_mode(0o555)).unwrap();
     }
     let before = (manifest(&k), listing(&k));
-    let signed = sign(&k, TODAY, &[], "a@example.com");
     let rotate = |args: &[&str]| as_nobody(&k, args).unwrap_or_else(|| batv(&k, args));
     let r = rotate(&["--now", TODAY, "keys", "rotate"]);
     assert_one_line_error(&r, 74, "Permission denied");

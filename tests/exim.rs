@@ -337,17 +337,21 @@ fn addresses() -> Vec<&'static str> {
     ]
 }
 
-/// The string `s3cret`, 64 hex digits, one byte, and 64 bytes of punctuation (including
-/// Exim's expansion metacharacters).
+/// 16 bytes (the shortest secret a store takes), 64 hex digits, an odd-length passphrase
+/// with spaces, and 64 bytes of punctuation (including Exim's expansion metacharacters).
 fn secrets() -> Vec<Vec<u8>> {
+    let short = "s3cret-for-exim!";
     let hex = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+    let phrase = "Correct Horse Battery Staple 2026";
     let punct = "a$b{c}d\\e!#%&'()*+,-./:;<=>?@[]^_`|~\" Tr0ub4dor&3=correct-horse!";
+    assert_eq!(short.len(), 16);
     assert_eq!(hex.len(), 64);
+    assert_eq!(phrase.len(), 33);
     assert_eq!(punct.len(), 64);
     vec![
-        b"s3cret".to_vec(),
+        short.as_bytes().to_vec(),
         hex.as_bytes().to_vec(),
-        b"k".to_vec(),
+        phrase.as_bytes().to_vec(),
         punct.as_bytes().to_vec(),
     ]
 }

@@ -122,11 +122,16 @@ pub fn run_bounded(mut cmd: Command, input: &[u8], limit: Duration) -> Output {
 
 pub mod peers;
 
+/// The shared corpus's tags were made by Exim with the secret `s3cret`, shorter than a key
+/// store accepts. HMAC pads a key shorter than its block with zeros (RFC 2104), so these
+/// 16 bytes are the same HMAC key: the corpus's tags verify as Exim made them.
+pub const CORPUS_SECRET: &[u8; 16] = b"s3cret\0\0\0\0\0\0\0\0\0\0";
+
 /// In `dir`: `batv.toml` (signing example.org, prvs) and `keys/` holding Exim's test secret
-/// `s3cret` as key 0, the key of the shared corpus's tags.
+/// (`CORPUS_SECRET`) as key 0, the key of the shared corpus's tags.
 pub fn exim_secret_store(dir: &Path) {
     std::fs::write(dir.join("batv.toml"), "sign_domains = [\"example.org\"]\nscheme = \"prvs\"\n").unwrap();
-    std::fs::write(dir.join("secret"), "s3cret").unwrap();
+    std::fs::write(dir.join("secret"), CORPUS_SECRET).unwrap();
     std::fs::create_dir(dir.join("keys")).unwrap();
     let o = Command::new(env!("CARGO_BIN_EXE_batv"))
         .arg("--config")
