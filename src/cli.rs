@@ -69,13 +69,20 @@ again in a new transaction); a backscatter transaction is refused at DATA with 5
 backscatter recipients at once. Authentic tags (valid or expired) are stripped for every
 sender; when the downstream offers DSN the tagged address becomes the ORCPT.
 
+Fail closed: addresses are judged as the MTA resolves them (comments, white space and
+trailing dots removed, every spelling of the null sender such as < > or <()> is null),
+and a bounce recipient that cannot be read so gets 501 5.1.3, never relayed unjudged.
+Only verify_schemes verify. Invalid tags count per client in every transaction; once
+max_failed_tags are used up within an hour, tagged recipients get 421 4.7.0 unchecked.
+
 The final reply to a message is always the downstream's: if the downstream is unreachable,
 too slow or hangs up, the client gets 421 4.4.2 and keeps the message. Limits:
 max_connections, max_recipients (452 4.5.3), max_errors and max_failed_tags (421 4.7.0),
 512-octet commands (AUTH 12 288), command_timeout_ms, data_timeout_ms.
 
-proxy.enforce = false, or a future enforce_after date, refuses nothing (monitor mode): it
-logs and adds an X-BATV: header to each bounce. Sign for at least one tag lifetime before
+proxy.enforce = false, or a future enforce_after date, refuses nothing and changes nothing
+in the dialogue, not even a 452 (monitor mode): it logs and adds one X-BATV: header to
+each bounce, with each verdict's count when they differ. Sign for at least one tag lifetime before
 enforcing. One key=value line per decision goes to stderr. SIGUSR1 prints counters per
 verdict and per key id (also served as Prometheus text on metrics_listen). SIGHUP reloads
 configuration, certificate and keys without touching running sessions (the keys also when
@@ -95,8 +102,12 @@ Deployment:
   before-queue (recommended): Postfix does TLS, postscreen and policy and hands sessions
   to the proxy, which relays to a second smtpd. In master.cf:
     smtp inet n - y - 20 smtpd -o smtpd_proxy_filter=127.0.0.1:10025
+      -o receive_override_options=no_unknown_recipient_checks
     127.0.0.1:10026 inet n - n - - smtpd -o smtpd_authorized_xforward_hosts=127.0.0.0/8
-  with proxy.listen = 127.0.0.1:10025 and proxy.forward = 127.0.0.1:10026. Do not set
+      -o smtpd_recipient_restrictions=reject_unlisted_recipient,permit_mynetworks,reject
+  with proxy.listen = 127.0.0.1:10025 and proxy.forward = 127.0.0.1:10026: recipients are
+  validated on the second smtpd, where the tag is already stripped (the README has the
+  whole recipe). Do not set
   smtpd_proxy_options = speed_adjust: it needs all recipients accepted or none, but the
   proxy answers a differing recipient with 452.
 
@@ -125,10 +136,14 @@ Never PERM (Postfix would defer the mail) except for a map name it should not as
 policy (SMTPD_POLICY_README): at protocol_state=RCPT with an empty sender, a protected
 recipient without a valid tag gets action=550 5.7.1, anything else DUNNO; exemptions as
 in the proxy (<Postmaster>, postmaster@ and abuse@, SRS, local parts too long to sign,
-trusted_relays as client_address). With daemon.reject_at = \"data\" the first bounce
-recipient of a transaction (Postfix's instance attribute) sets its verdict, a differing
-one gets 452 4.5.3, and backscatter is refused at protocol_state=DATA. With enforce =
-false (monitor) nothing is refused: the message gets one `X-BATV: backscatter; ...;
+trusted_relays as client_address). The recipient is judged as Postfix will resolve it
+(a trailing dot removed); one that cannot be read as an address gets 501 5.1.3. With
+daemon.reject_at = \"data\" the first bounce recipient of a transaction (Postfix's
+instance attribute) sets its verdict, a differing one gets 452 4.5.3, and backscatter is
+refused at protocol_state=DATA. Invalid tags count per client_address in every
+transaction; once daemon.max_failed_tags are used up within an hour, a tagged recipient
+gets action=421 4.7.0 unchecked and Postfix hangs up. With enforce = false (monitor)
+nothing is refused and no 452 is given: the message gets one `X-BATV: backscatter; ...;
 mode=monitor` header (action=PREPEND) and the log says what would have happened.
 
 Exim: one line, `sign ADDRESS`, `strip ADDRESS` or `verify ADDRESS`, then end of request
