@@ -146,11 +146,13 @@ gets action=421 4.7.0 unchecked and Postfix hangs up. With enforce = false (moni
 nothing is refused and no 452 is given: the message gets one `X-BATV: backscatter; ...;
 mode=monitor` header (action=PREPEND) and the log says what would have happened.
 
-Exim: one line, `sign ADDRESS`, `strip ADDRESS` or `verify ADDRESS`, then end of request
-(newline or half-close). Answers one line and closes: OK VALUE or NOTFOUND for sign and
-strip; for verify (of a bounce's recipient) OK ORIGINAL (a valid tag), DUNNO REASON (not
-ours to refuse), or REJECT REASON (backscatter: untagged, expired, bad-signature, ...;
-DUNNO monitor REASON when not enforcing).
+Exim: one line, `sign ADDRESS`, `strip ADDRESS` or `verify ADDRESS [CLIENT]`, then end of
+request (newline or half-close). Answers one line and closes: OK VALUE or NOTFOUND for
+sign and strip; for verify (of a bounce's recipient) OK ORIGINAL (a valid tag), DUNNO
+REASON (not ours to refuse), or REJECT REASON (backscatter: untagged, expired,
+bad-signature, ...; DUNNO monitor REASON when not enforcing). With CLIENT (an IP address)
+invalid tags count against it, and once max_failed_tags are used up the answer is DEFER
+too-many-invalid-tags.
 
 Keys and configuration reload on SIGHUP, and the keys also when their directory changes;
 SIGUSR1 logs the counters; SIGTERM stops. The daemon never creates a key (exit 78).";

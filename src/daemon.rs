@@ -416,7 +416,34 @@ impl Shared {
             "verify" => {
                 let state = self.state();
                 let now = self.now();
-                let j = judge(arg, &state.settings.rules, &state.keys, tag::unix_day(now));
+                // `verify ADDRESS [CLIENT]`: with the client's address (Exim's
+                // $sender_host_address), invalid tags count against it, as in the policy.
+                let (arg, client) = match arg.rsplit_once(' ') {
+                    Some((a, c)) => match c.parse::<std::net::IpAddr>() {
+                        Ok(ip) => (a.trim_end(), Some(ip)),
+                        Err(_) => (arg, None),
+                    },
+                    None => (arg, None),
+                };
+                let s = &state.settings;
+                let j = judge(arg, &s.rules, &state.keys, tag::unix_day(now));
+                let trusted = client.is_some_and(|ip| s.trusted.iter().any(|n| n.contains(ip)));
+                if let Some(ip) = client.filter(|_| !trusted && (j.stripped.is_some() || j.failed_tag())) {
+                    let max = s.max_failed_tags;
+                    if self.failed_tags.exhausted(ip, max, now) || (j.failed_tag() && self.failed_tags.record(ip, now) > max) {
+                        let action = if s.enforcing(now) { "deferred" } else { "would-defer" };
+                        logln!(
+                            "batv-daemon: exim client={ip} rcpt={} verdict={} reason={} action={action}-too-many-invalid-tags",
+                            q(&format!("<{arg}>")),
+                            j.verdict.name(),
+                            j.reason
+                        );
+                        if s.enforcing(now) {
+                            self.counters.failed_tag_closes.fetch_add(1, Ordering::Relaxed);
+                            return "DEFER too-many-invalid-tags".into();
+                        }
+                    }
+                }
                 match (j.verdict, j.stripped) {
                     (TxVerdict::BounceOk, Some(original)) => format!("OK {original}"),
                     (TxVerdict::BounceOk, None) => format!("DUNNO {}", j.reason),

@@ -148,6 +148,28 @@ fn the_readme_acl_and_router_in_a_real_exim() {
         d.log()
     );
 
+    // Issue 13, tag guessing: invalid tags from one client count in every transaction
+    // (the strip router answers a guess in ordinary mail too); once max_failed_tags are
+    // used up, its tagged recipients are deferred unchecked, even a valid tag.
+    let g = Daemon::start("[daemon]\nmax_failed_tags = 2\n");
+    let gconf = config(dir.path(), &g.sock);
+    let gbob = g.sign("bob@example.org");
+    let guesses: Vec<String> = [
+        "EHLO client.test".to_string(),
+        "MAIL FROM:<someone@remote.test>".to_string(),
+        format!("RCPT TO:<{}>", forge(&gbob)),
+        format!("RCPT TO:<{}>", forge(&g.sign("alice@example.org"))),
+        format!("RCPT TO:<{gbob}>"),
+        "RCPT TO:<alice@example.org>".to_string(),
+        "QUIT".to_string(),
+    ]
+    .to_vec();
+    let r = session(&exim, &gconf, &guesses);
+    let codes: Vec<&str> = r.iter().map(|l| &l[..3]).collect();
+    assert_eq!(codes, ["250", "250", "550", "550", "451", "250", "221"], "{r:?}\n{}", g.log());
+    assert!(r[4].contains("Too many invalid BATV tags"), "{r:?}");
+    assert!(g.log().contains("exim client=192.0.2.1 rcpt=<"), "{}", g.log());
+
     // The daemon unreachable: bounces are deferred, never accepted unchecked.
     let down = config(dir.path(), &dir.path().join("no-such.sock"));
     let r = session(&exim, &down, &lines[..4]);

@@ -93,7 +93,12 @@ fn delivered(sink: &Sink, n: usize) -> Vec<serde_json::Value> {
 }
 
 fn rcpts(m: &serde_json::Value) -> Vec<String> {
-    m["rcpt_tos"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect()
+    m["rcpt_tos"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect()
 }
 
 /// Item 2, "parsing fails open", and the null-sender spellings: each spelling Postfix
@@ -129,7 +134,10 @@ fn what_postfix_would_deliver_to_an_untagged_mailbox_is_refused() {
     for r in recipients {
         let out = transaction(&p.addr, "<>", &[r], BODY);
         let c = codes_of(&out);
-        assert!(c == [220, 250, 250, 550, 221] || c == [220, 250, 250, 501, 221], "batv {r}: {out:?}");
+        assert!(
+            c == [220, 250, 250, 550, 221] || c == [220, 250, 250, 501, 221],
+            "batv {r}: {out:?}"
+        );
     }
     // Spellings Postfix would read its own way are refused as unreadable, never relayed.
     for r in [
@@ -159,7 +167,10 @@ fn what_postfix_would_deliver_to_an_untagged_mailbox_is_refused() {
     let got = delivered(&sink, recipients.len() + 3);
     let nulls: Vec<&serde_json::Value> = got.iter().filter(|m| rcpts(m) == ["carol@example.com"]).collect();
     assert_eq!(nulls.len(), 3, "{got:?}");
-    assert!(nulls.iter().all(|m| m["mail_from"] == "<>"), "Postfix takes each as the null sender: {nulls:?}");
+    assert!(
+        nulls.iter().all(|m| m["mail_from"] == "<>"),
+        "Postfix takes each as the null sender: {nulls:?}"
+    );
     // A sender batv cannot read might be null to the MTA: refused.
     let out = transaction(&q.addr, "<(unterminated>", &["<carol@example.com>"], BODY);
     assert!(out[2].starts_with("501 5.1.7"), "{out:?}");
@@ -170,7 +181,10 @@ fn what_postfix_would_deliver_to_an_untagged_mailbox_is_refused() {
     assert_eq!(codes_of(&out), [220, 250, 250, 250, 354, 250, 221], "{out:?}");
     let got = delivered(&sink, recipients.len() + 4);
     assert_eq!(got.len(), recipients.len() + 4, "only the valid tag got through batv: {got:?}");
-    assert!(got.iter().any(|m| rcpts(m) == ["bob@example.com"] && m["mail_from"] == "<>"), "{got:?}");
+    assert!(
+        got.iter().any(|m| rcpts(m) == ["bob@example.com"] && m["mail_from"] == "<>"),
+        "{got:?}"
+    );
     assert!(pf.wait_log("[127.0.0.2]"));
 }
 
@@ -242,7 +256,9 @@ fn prvs_tags_verify_only_where_listed() {
     wait_log(&q, "reason=malformed action=refused", 1);
     std::fs::write(
         &q.config,
-        std::fs::read_to_string(&q.config).unwrap().replace("[proxy]", "verify_schemes = [\"native\", \"prvs\"]\n[proxy]"),
+        std::fs::read_to_string(&q.config)
+            .unwrap()
+            .replace("[proxy]", "verify_schemes = [\"native\", \"prvs\"]\n[proxy]"),
     )
     .unwrap();
     assert_eq!(unsafe { libc::kill(q.child.id() as i32, libc::SIGHUP) }, 0);
@@ -286,7 +302,13 @@ fn a_tag_in_the_message_vouches_only_for_its_own_address() {
     assert_eq!(codes_of(&out), [220, 250, 250, 250, 354, 250, 221], "{out:?}");
     let got = delivered(&sink, 1);
     assert_eq!(got.len(), 1, "{got:?}");
-    assert!(got[0]["data"].as_str().unwrap().contains("\r\nX-BATV: bounce-with-valid-tag; reason=valid;"), "{got:?}");
+    assert!(
+        got[0]["data"]
+            .as_str()
+            .unwrap()
+            .contains("\r\nX-BATV: bounce-with-valid-tag; reason=valid;"),
+        "{got:?}"
+    );
 }
 
 /// Item 5, "log injection": a quoted local part that reads like more fields is one quoted
