@@ -136,3 +136,68 @@ proptest! {
         }
     }
 }
+
+/// Comments and white space as Postfix's parser drops them: `(nested (comments))`, spaces
+/// and tabs.
+fn cfws() -> impl Strategy<Value = String> {
+    prop_oneof![
+        Just(String::new()),
+        Just(" ".to_string()),
+        Just("\t ".to_string()),
+        "\\([a-z =@<>]{0,6}\\)",
+        "\\([a-z]{0,3}\\([a-z]{0,3}\\)\\)",
+        Just("(a\\)b\\(c)".to_string()),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 1024, ..ProptestConfig::default() })]
+
+    /// The normaliser is total, its addresses parse, and it is idempotent: what it hands
+    /// on normalises to itself, so what batv judges and what the MTA gets are one address.
+    #[test]
+    fn normalised_paths_are_fixed_points(s in "[ a-z.@\"()\\\\,:\\[\\]\t]{0,30}", bytes in proptest::collection::vec(any::<u8>(), 0..60)) {
+        let lossy = String::from_utf8_lossy(&bytes).into_owned();
+        for input in [s.as_str(), lossy.as_str()] {
+            match address::normalize_path(input) {
+                Ok(address::Path::Address(a)) => {
+                    prop_assert!(address::parse(&a).is_ok(), "{:?} -> {:?}", input, a);
+                    prop_assert!(!a.contains(['(', '\t']) || a.contains('"'), "{:?} -> {:?}", input, a);
+                    prop_assert_eq!(address::normalize_path(&a), Ok(address::Path::Address(a.clone())), "{:?}", input);
+                    prop_assert!(!a.ends_with('.'), "{:?} -> {:?}", input, a);
+                }
+                Ok(address::Path::Bare(b)) => {
+                    prop_assert!(!b.is_empty() && !b.contains('@') || b.starts_with('"'), "{:?} -> {:?}", input, b);
+                    prop_assert_eq!(address::normalize_path(&b), Ok(address::Path::Bare(b.clone())), "{:?}", input);
+                }
+                Ok(address::Path::Null) | Err(_) => {}
+            }
+        }
+    }
+
+    /// Comments and white space around the words, a source route and trailing dots all
+    /// come off: the address judged is the one without them, whatever the spelling.
+    #[test]
+    fn spellings_of_one_address_normalise_to_it(local in "[a-z0-9+_-]{1,10}(\\.[a-z0-9]{1,5}){0,2}", domain in domain(),
+                                                 a in cfws(), b in cfws(), c in cfws(), d in cfws(),
+                                                 dots in 0usize..3, route in proptest::bool::ANY) {
+        let plain = format!("{local}@{domain}");
+        let spelled = format!(
+            "{a}{}{local}{b}@{c}{domain}{}{d}",
+            if route { "@relay.example,@b.example:" } else { "" },
+            ".".repeat(dots)
+        );
+        prop_assert_eq!(
+            address::normalize_path(&spelled).map(|p| p.as_str().to_string()),
+            Ok(plain.clone()),
+            "{:?}", spelled
+        );
+        // Inside the local part, white space between words is ambiguous: refused.
+        let split = format!("{local} x@{domain}");
+        prop_assert!(address::normalize_path(&split).is_err(), "{:?}", split);
+        // Every spelling of nothing is the null path.
+        for nothing in [format!("{a}{b}"), format!("{a}\"\"{b}")] {
+            prop_assert_eq!(address::normalize_path(&nothing), Ok(address::Path::Null), "{:?}", nothing);
+        }
+    }
+}
