@@ -75,6 +75,8 @@ impl Drop for Sink {
 }
 
 pub mod postfix;
+/// A whole Postfix MX with `batv daemon` as the README wires it.
+pub mod postfix_site;
 pub mod proxy;
 
 /// A command's exit code and output.

@@ -84,6 +84,17 @@ impl Client {
         self.reply()
     }
 
+    /// Has the server closed the connection? One read (bounded by the read timeout): true
+    /// at the end of the stream or on a reset, false if data arrives or the read times out.
+    pub fn closed(&mut self) -> bool {
+        let mut b = [0u8; 1];
+        match self.r.read(&mut b) {
+            Ok(0) => true,
+            Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+            Ok(_) => false,
+        }
+    }
+
     /// Everything until the server closes (or the read timeout).
     pub fn rest(&mut self) -> String {
         let mut v = Vec::new();
