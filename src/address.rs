@@ -232,6 +232,17 @@ impl Path<'_> {
     }
 }
 
+/// An address in an MTA's internal form, as Postfix hands it to a policy service and Exim
+/// has it in `$local_part@$domain`: the local part unquoted, so everything before the
+/// last `@` is the local part, spaces and all. Written back in SMTP form (quoted where it
+/// must be) for [`normalize_path`] and the verdict; a bare local part stays as it is.
+pub fn from_internal(s: &str) -> Cow<'_, str> {
+    match s.rfind('@') {
+        Some(at) if needs_quoting(&s[..at]) && at > 0 => Cow::Owned(format(&s[..at], &s[at + 1..])),
+        _ => Cow::Borrowed(s),
+    }
+}
+
 /// The byte offset of the last `@` outside a quoted string.
 fn last_unquoted_at(s: &str) -> Option<usize> {
     let mut quoted = false;
@@ -624,6 +635,22 @@ mod tests {
         ] {
             assert!(normalize_path(raw).is_err(), "{raw:?} gave {:?}", normalize_path(raw));
         }
+    }
+
+    #[test]
+    fn internal_forms_are_quoted_back() {
+        assert_eq!(from_internal("bob@example.com"), "bob@example.com");
+        assert_eq!(from_internal("john doe@example.com"), "\"john doe\"@example.com");
+        assert_eq!(from_internal("a@b@example.com"), "\"a@b\"@example.com");
+        assert_eq!(from_internal("x \"y\"@example.com"), "\"x \\\"y\\\"\"@example.com");
+        assert_eq!(from_internal("bob(x)@example.com."), "\"bob(x)\"@example.com.");
+        assert_eq!(from_internal("postmaster"), "postmaster");
+        assert_eq!(from_internal("@example.com"), "@example.com");
+        // Quoted back, the local part is read as one word, not as a comment or two words.
+        assert_eq!(
+            normalize_path(&from_internal("bob(x)@example.com.")),
+            Ok(Path::Address(Cow::Owned("\"bob(x)\"@example.com".into())))
+        );
     }
 
     #[test]

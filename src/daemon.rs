@@ -258,8 +258,10 @@ impl Shared {
         if attrs.get("request") != Some("smtpd_access_policy") {
             return "DUNNO".into();
         }
-        // Postfix sends the sender as it parsed it: empty for the null path.
-        let bounce = attrs.get("sender").is_some_and(|s| crate::verdict::null_sender(s) != Some(false));
+        // Postfix sends the sender in its internal form, as it parsed it: every spelling
+        // of the null path is empty there, and anything else is a sender (a quoted local
+        // part arrives unquoted: `john doe@example.org`).
+        let bounce = attrs.get("sender") == Some("");
         let instance = attrs.get("instance").unwrap_or("");
         match attrs.get("protocol_state").map(|s| s.to_ascii_uppercase()).as_deref() {
             Some("RCPT") => self.policy_rcpt(attrs, instance, bounce),
@@ -275,7 +277,8 @@ impl Shared {
         let enforce = s.enforcing(now);
         let rcpt = attrs.get("recipient").unwrap_or("");
         let client = attrs.get("client_address").unwrap_or("");
-        let mut j = judge(rcpt, &s.rules, &state.keys, tag::unix_day(now));
+        // The recipient in Postfix's internal form too: quoted back before it is judged.
+        let mut j = judge(&crate::address::from_internal(rcpt), &s.rules, &state.keys, tag::unix_day(now));
         let ip: Option<std::net::IpAddr> = client.parse().ok();
         let trusted = ip.is_some_and(|ip| s.trusted.iter().any(|n| n.contains(ip)));
         if trusted && j.verdict == TxVerdict::Backscatter {
@@ -409,7 +412,8 @@ impl Shared {
         let (op, arg) = line.trim().split_once(' ').unwrap_or((line.trim(), ""));
         let arg = arg.trim();
         match op {
-            "sign" | "strip" => match self.map(op, arg).flatten() {
+            // Exim's addresses are unquoted ($local_part): quoted back for the maps.
+            "sign" | "strip" => match self.map(op, &crate::address::from_internal(arg)).flatten() {
                 Some(v) => format!("OK {v}"),
                 None => "NOTFOUND".into(),
             },
@@ -426,7 +430,8 @@ impl Shared {
                     None => (arg, None),
                 };
                 let s = &state.settings;
-                let j = judge(arg, &s.rules, &state.keys, tag::unix_day(now));
+                // Exim's $local_part is unquoted: quoted back before it is judged.
+                let j = judge(&crate::address::from_internal(arg), &s.rules, &state.keys, tag::unix_day(now));
                 let trusted = client.is_some_and(|ip| s.trusted.iter().any(|n| n.contains(ip)));
                 if let Some(ip) = client.filter(|_| !trusted && (j.stripped.is_some() || j.failed_tag())) {
                     let max = s.max_failed_tags;
