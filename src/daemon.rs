@@ -306,7 +306,7 @@ impl Shared {
         // submission) there is no one to count.
         if let Some(ip) = ip.filter(|_| !trusted && (j.stripped.is_some() || j.failed_tag())) {
             let max = s.max_failed_tags;
-            if self.failed_tags.exhausted(ip, max, now) || (j.failed_tag() && self.failed_tags.record(ip, now) > max) {
+            if self.failed_tags.over_limit(ip, j.failed_tag(), max, now) {
                 if enforce {
                     c.failed_tag_closes.fetch_add(1, Ordering::Relaxed);
                     log("closed-too-many-invalid-tags", &j);
@@ -435,7 +435,7 @@ impl Shared {
                 let trusted = client.is_some_and(|ip| s.trusted.iter().any(|n| n.contains(ip)));
                 if let Some(ip) = client.filter(|_| !trusted && (j.stripped.is_some() || j.failed_tag())) {
                     let max = s.max_failed_tags;
-                    if self.failed_tags.exhausted(ip, max, now) || (j.failed_tag() && self.failed_tags.record(ip, now) > max) {
+                    if self.failed_tags.over_limit(ip, j.failed_tag(), max, now) {
                         let action = if s.enforcing(now) { "deferred" } else { "would-defer" };
                         logln!(
                             "batv-daemon: exim client={ip} rcpt={} verdict={} reason={} action={action}-too-many-invalid-tags",

@@ -91,6 +91,13 @@ impl FailedTags {
         e.count
     }
 
+    /// A tagged recipient from `client`, `failed` if its tag is invalid: is the client
+    /// over its `max` failed tags (count it first if it failed)? Then the recipient gets
+    /// no verdict at all.
+    pub fn over_limit(&self, client: IpAddr, failed: bool, max: u32, now: i64) -> bool {
+        self.exhausted(client, max, now) || (failed && self.record(client, now) > max)
+    }
+
     /// Clients remembered now (for tests and the counters).
     pub fn len(&self) -> usize {
         self.lock().len()

@@ -391,8 +391,7 @@ impl Policy for Verify<'_> {
         if tagged && !self.trusted_client {
             let max = self.settings.max_failed_tags;
             let now = self.shared.now();
-            let failures = &self.shared.failed_tags;
-            if failures.exhausted(self.client, max, now) || (j.failed_tag() && failures.record(self.client, now) > max) {
+            if self.shared.failed_tags.over_limit(self.client, j.failed_tag(), max, now) {
                 if self.enforce {
                     c.failed_tag_closes.fetch_add(1, Ordering::Relaxed);
                     self.log(path, &j, "closed-too-many-invalid-tags");
