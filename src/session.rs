@@ -737,7 +737,12 @@ where
             self.reply_client(&reply).await?;
             return Ok(false);
         };
-        let decision = if mail { self.policy.mail(path) } else { self.policy.rcpt(path) };
+        let mut decision = if mail { self.policy.mail(path) } else { self.policy.rcpt(path) };
+        if decision == Decision::Relay(None) && line[span.clone()] != *path.as_bytes() {
+            // A source route was dropped to judge the path: the downstream gets the path as
+            // judged, not one it might route its own way.
+            decision = Decision::Relay(Some(path.to_string()));
+        }
         let rewritten;
         let out: &[u8] = match &decision {
             Decision::Refuse(reply) if reply.code == 452 => {

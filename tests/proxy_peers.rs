@@ -397,6 +397,40 @@ fn monitor_mode_marks_bounces_with_a_header() {
     assert_eq!(sink_data(&m[2]), BOUNCE_BODY.as_bytes(), "normal mail gets no X-BATV header");
 }
 
+/// Issue 13: the downstream gets each path as batv judged it: the null sender in any
+/// spelling as `<>`, a trailing dot, comments and a source route gone, a valid tag stripped.
+#[test]
+fn paths_are_relayed_as_judged() {
+    let Some((sink, _t)) = setup() else { return };
+    let p = Proxy::start(&format!("127.0.0.1:{}", sink.port), "");
+    let tagged = p.sign(TODAY, "bob@example.com");
+    let out = p.session(
+        format!(
+            "EHLO x\r\nMAIL FROM:<@relay.example:>\r\nRCPT TO:<{tagged}.>\r\n\
+             RCPT TO:<postmaster@example.com (the postmaster)>\r\nRCPT TO:<@a.example,@b.example:abuse@example.com>\r\n\
+             DATA\r\n{BOUNCE_BODY}.\r\nQUIT\r\n"
+        )
+        .as_bytes(),
+    );
+    assert_eq!(codes(&out), [220, 250, 250, 250, 250, 250, 354, 250, 221], "{out}");
+    let out = p.session(
+        format!(
+            "EHLO x\r\nMAIL FROM:<@a.example:alice@remote.example>\r\nRCPT TO:<carol@example.org.>\r\nDATA\r\n{BOUNCE_BODY}.\r\nQUIT\r\n"
+        )
+        .as_bytes(),
+    );
+    assert_eq!(codes(&out), [220, 250, 250, 250, 354, 250, 221], "{out}");
+    let m = sink.messages(2);
+    assert_eq!(m.len(), 2);
+    assert_eq!(m[0]["mail_from"], "<>");
+    assert_eq!(
+        m[0]["rcpt_tos"],
+        serde_json::json!(["bob@example.com", "postmaster@example.com", "abuse@example.com"])
+    );
+    assert_eq!(m[1]["mail_from"], "alice@remote.example");
+    assert_eq!(m[1]["rcpt_tos"], serde_json::json!(["carol@example.org"]));
+}
+
 /// A bounce to postmaster (always passes) on a raw client, up to the 354.
 fn up_to_data(addr: &str) -> (Client, Vec<String>) {
     let mut c = Client::connect(addr);
