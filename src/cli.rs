@@ -289,10 +289,14 @@ const CHECK_ABOUT: &str = "\
 Read a message on stdin and decide whether it is backscatter. The message is a delivery
 report (RFC 3464), a plain-text bounce (qmail, Sendmail, Exchange, providers), an
 auto-reply (RFC 3834, vacation), a disposition notification or feedback report (kept apart:
-not bounces), or not a bounce. For a bounce, the recipient (--recipient, else the
-X-Original-To or Delivered-To header) and the sender of the returned message (its
-Return-Path, DSN fields or quoted headers) are checked: a valid tag on either makes it a
-real bounce. A bounce to a protected address with no valid tag is backscatter. Auto-replies
+not bounces), or not a bounce. For a bounce, the recipient (--recipient, else the topmost
+X-Original-To, Delivered-To or Envelope-to header: the delivering MTA's own) and the sender
+of the returned message (its Return-Path, DSN fields or quoted headers) are checked. A tag
+vouches only for its own address: the recipient's valid tag, or a valid tag on the
+returned sender whose address is the recipient's, makes it a real bounce; a valid tag for
+another address does not (reason tag-of-another-address: anyone who had mail from us can
+quote one), and without a recipient it vouches for nobody (unknown, no-recipient). A bounce
+to a protected address with no valid tag is backscatter. Auto-replies
 without a valid tag are not refused (vacation programs answer From:, which is never
 tagged); they are reported as unknown.
 
@@ -332,7 +336,7 @@ pub struct CheckArgs {
     /// The message's envelope sender (\"\" for the null sender), if known
     #[arg(long, value_name = "ADDRESS")]
     pub sender: Option<String>,
-    /// The message's envelope recipient [default: X-Original-To or Delivered-To]
+    /// The message's envelope recipient [default: the topmost X-Original-To, Delivered-To or Envelope-to]
     #[arg(long, value_name = "ADDRESS")]
     pub recipient: Option<String>,
     /// Write the message back with an X-BATV: header in front; always exit 0
