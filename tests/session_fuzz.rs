@@ -987,7 +987,7 @@ fn check(input: &[u8], opts: Opts, o: &Outcome) -> Result<(), String> {
         return Err(format!("{receipts} chunk receipts for {chunks} BDAT chunks that are not LAST"));
     }
 
-    // 7. Complete messages are faithful copies of what the client sent, in order (bare LF
+    // 7. Complete messages are faithful copies of what the client sent, in order (line endings
     //    normalised for DATA, byte-exact for BDAT): in particular a message the client cut
     //    off never gets a terminator the client did not send. The policy's header is in
     //    front of a message, once.
