@@ -195,6 +195,13 @@ fn bdat_args(line: &[u8]) -> Option<(u64, bool)> {
     parts.next().is_none().then_some((size, last))
 }
 
+/// A CR in a command line other than the CRs right before its final LF.
+fn bare_cr(line: &[u8]) -> bool {
+    let content = line.strip_suffix(b"\n").unwrap_or(line);
+    let end = content.len() - content.iter().rev().take_while(|&&b| b == b'\r').count();
+    content[..end].contains(&b'\r')
+}
+
 /// The relay. `C*` is the client side, `D*` the downstream.
 pub struct Session<'p, CR, CW, DR, DW, P: Policy> {
     pub client_r: CR,
@@ -343,6 +350,13 @@ where
                     }
                     Line::Complete => {}
                 },
+            }
+            // Servers differ in whether a bare CR ends a command or goes on with it: the
+            // downstream could run two commands where we judged one, so it runs none.
+            if bare_cr(&line) {
+                self.reply_client(&Reply::new(500, "5.5.2", "Syntax error (bare CR in command)"))
+                    .await?;
+                continue;
             }
             let v = verb(&line);
             if !matches!(v, Verb::Auth) && line.len() > smtp::MAX_COMMAND_LINE {
@@ -852,6 +866,16 @@ mod tests {
         assert_eq!(bdat_args(b"BDAT \t0 LAST\r\n"), None);
         assert_eq!(bdat_args(b"BDAT  5\r\n"), None);
         assert_eq!(bdat_args(b"BDAT 99999999999999999999\r\n"), None);
+    }
+
+    #[test]
+    fn bare_cr_in_a_command() {
+        assert!(!bare_cr(b"MAIL FROM:<>\r\n"));
+        assert!(!bare_cr(b"MAIL FROM:<>\r\r\n"));
+        assert!(!bare_cr(b"NOOP\n"));
+        assert!(bare_cr(b"MAIL FROM:<>\rRCPT TO:<bob@example.com>\r\n"));
+        assert!(bare_cr(b"\rNOOP\r\n"));
+        assert!(bare_cr(b"NOOP\r \r\n"));
     }
 
     #[test]

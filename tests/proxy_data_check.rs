@@ -191,7 +191,11 @@ fn backscatter_is_refused_before_the_downstream_has_it() {
     assert_eq!(received(&m[1]), ORDINARY.as_bytes());
     let log = log(&p);
     assert_eq!(log.matches("action=refused").count(), 2, "{log}");
-    assert!(log.contains("inspected=1024+"), "the big one was judged on its first KiB: {log}");
+    // Its first KiB of client octets, less a CR the scanner holds until the next octet.
+    assert!(
+        log.contains("inspected=1024+") || log.contains("inspected=1023+"),
+        "the big one was judged on its first KiB: {log}"
+    );
     drop(p);
 
     // Monitor mode: refusing is logged and marked, never done.

@@ -14,6 +14,9 @@
 
 use std::time::Duration;
 
+#[path = "common/data.rs"]
+mod data;
+
 use batv::session::{Decision, End, Limits, Policy, Session};
 use batv::smtp::{Reply, SmtpError};
 use proptest::prelude::*;
@@ -821,18 +824,18 @@ fn parse_client_replies(out: &[u8]) -> Result<Vec<ClientReply>, String> {
     Ok(replies)
 }
 
-/// Bare LF becomes CRLF, as `relay_data` does.
-fn normalise(input: &[u8]) -> Vec<u8> {
+/// The input with every line ending as `relay_data` writes it (tests/common/data.rs), going
+/// on past each terminator, so that every DATA message of the input is a slice of it.
+fn normalise(mut input: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(input.len() + 16);
-    let mut prev = 0u8;
-    for &b in input {
-        if b == b'\n' && prev != b'\r' {
-            out.push(b'\r');
+    loop {
+        let (part, end) = data::canonical(input);
+        out.extend_from_slice(&part);
+        match end {
+            Some(n) => input = &input[n..],
+            None => return out,
         }
-        out.push(b);
-        prev = b;
     }
-    out
 }
 
 fn find_from(hay: &[u8], needle: &[u8], from: usize) -> Option<usize> {
@@ -984,7 +987,7 @@ fn check(input: &[u8], opts: Opts, o: &Outcome) -> Result<(), String> {
         return Err(format!("{receipts} chunk receipts for {chunks} BDAT chunks that are not LAST"));
     }
 
-    // 7. Complete messages are faithful copies of what the client sent, in order (bare LF
+    // 7. Complete messages are faithful copies of what the client sent, in order (line endings
     //    normalised for DATA, byte-exact for BDAT): in particular a message the client cut
     //    off never gets a terminator the client did not send. The policy's header is in
     //    front of a message, once.

@@ -34,12 +34,17 @@ pub struct Sink {
 
 impl Sink {
     pub fn start(dir: &Path) -> Sink {
+        Sink::start_for(dir, 60)
+    }
+
+    /// A sink that stops by itself after `seconds` (`start`: 60).
+    pub fn start_for(dir: &Path, seconds: u32) -> Sink {
         let record = dir.join("sink.jsonl");
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers/sink.py");
         let mut child = Command::new("/usr/bin/python3")
             .arg(script)
             .arg(&record)
-            .arg("60")
+            .arg(seconds.to_string())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -74,6 +79,7 @@ impl Drop for Sink {
     }
 }
 
+pub mod data;
 pub mod postfix;
 /// A whole Postfix MX with `batv daemon` as the README wires it.
 pub mod postfix_site;
