@@ -225,6 +225,8 @@ pub struct Session<'p, CR, CW, DR, DW, P: Policy> {
     recipients: usize,
     /// A BDAT transaction has started (its header, if any, was sent).
     chunking: bool,
+    /// The downstream said 221 or 421: it is closing.
+    down_closing: bool,
     /// BDAT octets held for [`Policy::content`], how many it asked for, and since when.
     held: Option<(Vec<u8>, usize, std::time::Instant)>,
 }
@@ -252,6 +254,7 @@ where
             errors: 0,
             recipients: 0,
             chunking: false,
+            down_closing: false,
             held: None,
         }
     }
@@ -278,7 +281,12 @@ where
     }
 
     async fn down_reply(&mut self, what: &'static str) -> Result<Reply, SmtpError> {
-        smtp::read_reply_within(&mut self.down_r, self.limits.command, what).await
+        let reply = smtp::read_reply_within(&mut self.down_r, self.limits.command, what).await?;
+        // 221 or 421 to anything: the downstream is closing (Postfix answers a header line
+        // sent as a command with 221 and hangs up). The client hears it, then the session
+        // ends, rather than its next command meeting a closed connection.
+        self.down_closing |= matches!(reply.code, 221 | 421);
+        Ok(reply)
     }
 
     /// Send a command downstream and return its reply.
@@ -327,6 +335,9 @@ where
     async fn commands(&mut self) -> Result<End, SmtpError> {
         let mut line = Vec::with_capacity(smtp::MAX_COMMAND_LINE);
         loop {
+            if self.down_closing {
+                return Ok(End::Closed);
+            }
             if self.errors >= self.limits.errors {
                 self.reply_client(&Reply::new(421, "4.7.0", "Too many errors, closing")).await?;
                 return Ok(End::Closed);
@@ -726,6 +737,14 @@ where
             self.reply_client(&reply).await?;
             let r = tokio::time::timeout(self.limits.command, smtp::read_line(&mut self.client_r, line, smtp::MAX_AUTH_LINE)).await;
             match r.map_err(|_| SmtpError::ClientClosed("(timed out) during AUTH"))?? {
+                // Servers differ in whether a bare CR ends a line: such a line could be
+                // a command to one and SASL data to another.
+                Line::Complete if bare_cr(line) => {
+                    self.exchange(b"*\r\n", "waiting for the reply to an AUTH cancel").await?;
+                    return self
+                        .reply_client(&Reply::new(500, "5.5.2", "Syntax error (bare CR in command)"))
+                        .await;
+                }
                 Line::Complete => {}
                 Line::TooLong => {
                     // Cancel the exchange downstream (RFC 4954 §4) and tell the client why.
@@ -807,6 +826,7 @@ where
     /// After the last octet of a message: the downstream's final reply is the client's.
     async fn finish_message(&mut self) -> Result<(), SmtpError> {
         let reply = smtp::read_reply_within(&mut self.down_r, self.limits.data, "waiting for the reply to the end of data").await?;
+        self.down_closing |= matches!(reply.code, 221 | 421);
         self.policy.finished(&reply);
         self.end_transaction();
         self.reply_client(&reply).await
@@ -866,6 +886,54 @@ mod tests {
         assert_eq!(bdat_args(b"BDAT \t0 LAST\r\n"), None);
         assert_eq!(bdat_args(b"BDAT  5\r\n"), None);
         assert_eq!(bdat_args(b"BDAT 99999999999999999999\r\n"), None);
+    }
+
+    struct Pass;
+    impl Policy for Pass {
+        fn mail(&mut self, _: &str) -> Decision {
+            Decision::Relay(None)
+        }
+        fn rcpt(&mut self, _: &str) -> Decision {
+            Decision::Relay(None)
+        }
+        fn reset(&mut self) {}
+    }
+
+    /// A downstream that answers anything but QUIT with 221 or 421 is closing: the client
+    /// hears that reply, and the session ends there.
+    #[tokio::test]
+    async fn a_closing_downstream_ends_the_session() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+        for code in ["221 2.7.0 Error: I can break rules, too. Goodbye.", "421 4.7.0 closing"] {
+            let (mut down_peer, down) = tokio::io::duplex(4096);
+            let server = tokio::spawn(async move {
+                down_peer.write_all(b"220 mx\r\n").await.unwrap();
+                let mut buf = [0u8; 256];
+                let _ = down_peer.read(&mut buf).await.unwrap();
+                down_peer.write_all(b"250 mx\r\n").await.unwrap();
+                let _ = down_peer.read(&mut buf).await.unwrap();
+                down_peer.write_all(format!("{code}\r\n").as_bytes()).await.unwrap();
+                // Anything more the proxy sent, until it lets go.
+                let mut rest = Vec::new();
+                let _ = down_peer.read_to_end(&mut rest).await;
+                rest
+            });
+            let input: &[u8] = b"EHLO x\r\nSubject: hi\r\nNOOP\r\nQUIT\r\n";
+            // Short, so a session that went on would fail here rather than hang.
+            let limits = Limits {
+                command: Duration::from_secs(2),
+                ..Limits::default()
+            };
+            let (dr, dw) = tokio::io::split(down);
+            let mut out = Vec::new();
+            let mut policy = Pass;
+            let mut s = Session::new(BufReader::new(input), &mut out, BufReader::new(dr), dw, &mut policy, limits);
+            let _ = s.run().await;
+            drop(s);
+            let text = String::from_utf8(out).unwrap();
+            assert_eq!(text, format!("220 mx\r\n250 mx\r\n{code}\r\n"), "{code}");
+            assert!(server.await.unwrap().is_empty(), "nothing after the {code}");
+        }
     }
 
     #[test]

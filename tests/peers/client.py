@@ -21,7 +21,10 @@ BODY = b"Subject: Undelivered Mail Returned to Sender\r\n\r\nYour message could 
 def reply(f):
     lines = []
     while True:
-        line = f.readline()
+        try:
+            line = f.readline()
+        except ConnectionResetError:
+            line = b""
         if not line:
             lines.append("EOF")
             return lines
@@ -44,8 +47,12 @@ def main():
             break
         starttls = cmd.startswith("STARTTLS")
         wire = b"STARTTLS\r\nNOOP\r\n" if cmd == "STARTTLS+NOOP" else cmd.encode() + b"\r\n"
-        sock.sendall(wire)
-        r = reply(f)
+        try:
+            sock.sendall(wire)
+            r = reply(f)
+        except ConnectionResetError:
+            # A server that has closed may reset rather than end the stream: the same end.
+            r = ["EOF"]
         out += r
         code = r[-1][:3]
         if starttls and code == "220":
