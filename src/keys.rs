@@ -35,8 +35,9 @@ pub const PRUNE_AFTER_DAYS: i64 = 32;
 pub const MIN_SECRET_LEN: usize = 16;
 /// One SHA-256 block: longer keys would be hashed first, which adds nothing.
 pub const MAX_SECRET_LEN: usize = 64;
-/// The message of the fingerprint's HMAC: the fingerprint is useless to someone testing
-/// guesses against a plain hash of likely secrets.
+/// The message of the fingerprint's HMAC: no table of plain hashes of likely secrets (or
+/// of Exim secrets used elsewhere) matches it. (A guess can still be tested against it, as
+/// against any signed address: what protects a secret is its length.)
 const FINGERPRINT_LABEL: &[u8] = b"batv key fingerprint";
 
 #[derive(Debug, thiserror::Error)]
@@ -51,7 +52,7 @@ pub enum KeyError {
     Corrupt { path: PathBuf, reason: String },
     #[error("{path}: key file is accessible to everyone (mode {mode:04o}); run `chmod 600 {path}` (or 640 with key_group)")]
     WorldAccessible { path: PathBuf, mode: u32 },
-    #[error("{path}: key file is writable by its group (mode {mode:04o}); run `chmod 600 {path}` (or 640 with key_group)")]
+    #[error("{path}: writable by others than its owner (mode {mode:04o}); run `chmod go-w {path}`")]
     GroupWritable { path: PathBuf, mode: u32 },
     #[error("{path}: key file is readable by group {group} (mode {mode:04o}) but {}; run {}",
         .key_group.as_ref().map_or_else(|| "key_group is not set".to_string(), |g| format!("key_group is {g:?}")),
@@ -458,8 +459,19 @@ impl KeyStore {
 
     fn read_manifest(&self) -> Result<Manifest, KeyError> {
         let path = self.path(MANIFEST);
-        let text = match fs::read(&path) {
-            Ok(t) => t,
+        // The manifest says which key signs and which still verify: whoever can change it
+        // can bring a retired key back. It holds no secret, so anyone may read it.
+        let read = File::open(&path).and_then(|f| {
+            let meta = f.metadata()?;
+            let mut text = Vec::new();
+            io::Read::read_to_end(&mut io::Read::take(f, 1 << 20), &mut text)?;
+            Ok((meta, text))
+        });
+        let text = match read {
+            Ok((meta, t)) => {
+                manifest_policy(&path, &meta, effective_uid())?;
+                t
+            }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 // No manifest: an empty store, unless secrets lie about without one. A
                 // first key is written secret first, manifest second, and readers take no
@@ -833,6 +845,25 @@ fn file_policy(path: &Path, meta: &fs::Metadata, key_group: Option<&(String, u32
     Ok(())
 }
 
+/// Refuse a manifest that anyone but its owner could change, or one owned by someone other
+/// than root and `euid`.
+fn manifest_policy(path: &Path, meta: &fs::Metadata, euid: u32) -> Result<(), KeyError> {
+    let mode = meta.mode() & 0o7777;
+    if mode & 0o022 != 0 {
+        return Err(KeyError::GroupWritable {
+            path: path.to_path_buf(),
+            mode,
+        });
+    }
+    if meta.uid() != 0 && meta.uid() != euid {
+        return Err(KeyError::ForeignFileOwner {
+            path: path.to_path_buf(),
+            owner: user_name(meta.uid()),
+        });
+    }
+    Ok(())
+}
+
 /// True if `path` is on a file system mounted read-only.
 fn read_only_fs(path: &Path) -> io::Result<bool> {
     let c = std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str()))
@@ -897,6 +928,10 @@ fn group_name(gid: u32) -> String {
 }
 
 fn lookup_group(name: &str) -> Result<u32, KeyError> {
+    // A number is a gid (a container's fsGroup often has no name in /etc/group).
+    if let Ok(gid) = name.parse::<u32>() {
+        return Ok(gid);
+    }
     let unknown = || KeyError::UnknownGroup(name.to_string());
     let cname = std::ffi::CString::new(name).map_err(|_| unknown())?;
     // SAFETY: the pointers nss_entry passes are valid for the call; cname outlives it.
@@ -995,6 +1030,29 @@ mod tests {
         // Any other fingerprint is still a mismatch.
         fs::write(&manifest, text.replace(&s.fingerprint(), "0000000000000000")).unwrap();
         assert!(matches!(store.load(), Err(KeyError::Corrupt { .. })));
+    }
+
+    #[test]
+    fn a_manifest_others_can_change_does_not_load() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().join("keys");
+        let store = store_with_key(&dir, b"sixteen-bytes-ok");
+        let manifest = dir.join(MANIFEST);
+        // Readable by all is fine: it holds no secret.
+        fs::set_permissions(&manifest, fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(store.load().is_ok());
+        for mode in [0o666, 0o620] {
+            fs::set_permissions(&manifest, fs::Permissions::from_mode(mode)).unwrap();
+            let e = store.load().unwrap_err();
+            assert!(matches!(&e, KeyError::GroupWritable { path, .. } if *path == manifest), "{e}");
+            assert_eq!(e.exit_code(), crate::exit::EX_CONFIG);
+        }
+    }
+
+    #[test]
+    fn numeric_key_groups_are_gids() {
+        assert_eq!(lookup_group("4242").unwrap(), 4242);
+        assert!(lookup_group("no-such-group-here").is_err());
     }
 
     #[test]

@@ -795,8 +795,15 @@ where
                 rewritten = Some(rewrite(line, span.clone(), new, orcpt))
                     .filter(|r| r.len() <= smtp::MAX_COMMAND_LINE)
                     .or_else(|| Some(rewrite(line, span, new, None)).filter(|r| r.len() <= smtp::MAX_COMMAND_LINE));
-                // Too long once rewritten: the line goes on as the client wrote it.
-                rewritten.as_deref().unwrap_or(line)
+                // Too long once rewritten (a judged path is never longer than the client's,
+                // so this does not happen): never relay the path unjudged.
+                match rewritten.as_deref() {
+                    Some(r) => r,
+                    None => {
+                        self.reply_client(&Reply::new(500, "5.5.2", "Line too long")).await?;
+                        return Ok(false);
+                    }
+                }
             }
             Decision::Relay(None) => line,
         };

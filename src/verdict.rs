@@ -108,7 +108,7 @@ pub fn judge(path: &str, rules: &Rules, keys: &KeySet, today: i64) -> Judgement 
     let normal = match address::normalize_path(path) {
         Ok(Path::Address(a)) => a,
         // RFC 5321 §4.5.1: <Postmaster> without a domain is always accepted.
-        Ok(Path::Bare(local)) if local.eq_ignore_ascii_case("postmaster") => {
+        Ok(Path::Bare(local)) if local.trim_matches('"').eq_ignore_ascii_case("postmaster") => {
             let mut j = Judgement::new(TxVerdict::BounceOk, "exempt-postmaster");
             j.relay = (local != path).then(|| local.into_owned());
             return j;
@@ -131,7 +131,7 @@ fn judge_address(path: &str, rules: &Rules, keys: &KeySet, today: i64) -> Judgem
         return Judgement::new(TxVerdict::Unreadable, "unreadable-address");
     };
     let domain = addr.domain;
-    if domain.starts_with('[') {
+    if domain.starts_with('[') && !addr.local.eq_ignore_ascii_case("postmaster") {
         // An address literal names a host, not a domain: the MTA delivers one of its own
         // addresses locally (Postfix resolves [its IP] to local), protected or not. No
         // tag is ever made for one.
@@ -234,6 +234,8 @@ mod tests {
         }
         assert_eq!(j("bob@[192.0.2.1]"), (Backscatter, "address-literal"));
         assert_eq!(j("Postmaster"), (BounceOk, "exempt-postmaster"));
+        assert_eq!(j("\"Postmaster\""), (BounceOk, "exempt-postmaster"));
+        assert_eq!(j("postmaster@[192.0.2.1]"), (BounceOk, "not-protected"));
         assert_eq!(j("postmaster (x)"), (BounceOk, "exempt-postmaster"));
         assert_eq!(j("abuse@example.com."), (BounceOk, "exempt-role"));
         assert_eq!(j("bob@example.org"), (BounceOk, "not-protected"));

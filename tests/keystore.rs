@@ -342,8 +342,8 @@ fn writable_key_files_are_refused() {
     let s = Store::init("");
     let tag = s.sign("alice@example.com");
     for (mode, needle) in [
-        (0o620, "writable by its group (mode 0620)"),
-        (0o660, "writable by its group (mode 0660)"),
+        (0o620, "writable by others than its owner (mode 0620)"),
+        (0o660, "writable by others than its owner (mode 0660)"),
         (0o602, "accessible to everyone (mode 0602)"),
     ] {
         fs::set_permissions(s.key_file(1), fs::Permissions::from_mode(mode)).unwrap();
