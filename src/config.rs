@@ -206,7 +206,7 @@ pub struct DaemonConfig {
     pub enforce_after: Option<String>,
     #[serde(default, deserialize_with = "nets")]
     pub trusted_relays: Vec<String>,
-    /// Invalid tags in bounces from one client (IPv6: its /64) within an hour before
+    /// Invalid tags in bounces from one client (IPv6: its /64, and 8 times as many per /48) within an hour before
     /// its tagged bounces get `421 4.7.0` unchecked, as in the proxy.
     #[serde(default = "default_max_failed_tags")]
     pub max_failed_tags: NonZeroU32,

@@ -258,9 +258,9 @@ pub struct Verify<'a> {
     backscatter_reason: &'static str,
     /// Monitor mode has logged that it would have closed this session.
     would_close_logged: bool,
-    /// For the DATA check (non-null senders): the first accepted recipient that is
-    /// protected and untagged (another recipient's tag says nothing about this one).
-    untagged_rcpt: Option<String>,
+    /// For the DATA check (non-null senders): the accepted recipients that are protected
+    /// and untagged, each judged on its own (one's tag says nothing about another).
+    untagged_rcpts: Vec<String>,
     /// The recipient being relayed, if it is such a one.
     pending_rcpt: Option<String>,
 }
@@ -286,7 +286,7 @@ impl<'a> Verify<'a> {
             accepted: [0; 2],
             backscatter_reason: "",
             would_close_logged: false,
-            untagged_rcpt: None,
+            untagged_rcpts: Vec::new(),
             pending_rcpt: None,
         };
         v.reset();
@@ -486,7 +486,7 @@ impl Policy for Verify<'_> {
             }
         }
         if let Some(rcpt) = self.pending_rcpt.take().filter(|_| reply.is_positive()) {
-            self.untagged_rcpt.get_or_insert(rcpt);
+            self.untagged_rcpts.push(rcpt);
         }
     }
 
@@ -545,7 +545,7 @@ impl Policy for Verify<'_> {
         // Only mail to an address that bounces must not reach untagged: a bounce of mail
         // this address never sent, from a sender that did not use the null path.
         let check = self.settings.data_check?;
-        (!self.bounce() && self.untagged_rcpt.is_some() && !self.trusted_client).then_some(check.limit)
+        (!self.bounce() && !self.untagged_rcpts.is_empty() && !self.trusted_client).then_some(check.limit)
     }
 
     fn content(&mut self, head: &mut Vec<u8>, complete: bool) -> Result<Option<Vec<u8>>, Reply> {
@@ -555,9 +555,52 @@ impl Policy for Verify<'_> {
         // Only our header may speak for us: forged ones go.
         remove_fields(head, b"X-BATV", complete);
         let report = bounce::inspect(head, head.len(), false);
-        let rcpt = self.untagged_rcpt.as_deref();
-        let verdict = bounce::judge(&report, rcpt, &self.settings.rules, &self.keys, self.today);
         let c = &self.shared.counters;
+        // The returned sender's tag is checked here, so this is a guesser's oracle too: a
+        // client that has used up its failed tags gets no answer, and a failure counts.
+        let rules = &self.settings.rules;
+        let tag = report.original_sender.as_deref().and_then(|a| {
+            let v = tag::verify(a, self.today, rules.schemes, |k| self.keys.get(k)).ok()?;
+            let ours = crate::address::parse(a).is_ok_and(|x| rules.protected.contains(x.domain));
+            (v != tag::Verdict::Untagged && ours).then_some(v)
+        });
+        if let Some(v) = tag {
+            let failed = matches!(
+                v,
+                tag::Verdict::BadSignature | tag::Verdict::UnknownKey(_) | tag::Verdict::Malformed(_)
+            );
+            let now = self.shared.now();
+            if self
+                .shared
+                .failed_tags
+                .over_limit(self.client, failed, self.settings.max_failed_tags, now)
+                && self.enforce
+            {
+                c.failed_tag_closes.fetch_add(1, Ordering::Relaxed);
+                crate::logln!(
+                    "batv-proxy: session={:x} client={} sender={} check=data action=deferred-too-many-invalid-tags",
+                    self.session,
+                    self.client,
+                    q(&format!("<{}>", self.sender.as_deref().unwrap_or(""))),
+                );
+                return Err(Reply::new(451, "4.7.0", "Too many invalid BATV tags, try again later"));
+            }
+        }
+        // Every untagged recipient on its own: the message is backscatter if it is for any
+        // of them (a tag vouches only for its own address).
+        let verdicts: Vec<(CheckVerdict, &str)> = self
+            .untagged_rcpts
+            .iter()
+            .map(|r| (bounce::judge(&report, Some(r), rules, &self.keys, self.today), r.as_str()))
+            .collect();
+        let rank = |v: &CheckVerdict| match v {
+            CheckVerdict::Backscatter(_) => 0,
+            CheckVerdict::Unknown(_) => 1,
+            _ => 2,
+        };
+        let Some((verdict, rcpt)) = verdicts.into_iter().min_by_key(|(v, _)| rank(v)) else {
+            return Ok(None);
+        };
         if let Some(i) = DATA_CHECK_VERDICTS.iter().position(|v| *v == verdict.name()) {
             c.data_checks[i].fetch_add(1, Ordering::Relaxed);
         }
@@ -573,7 +616,7 @@ impl Policy for Verify<'_> {
             self.session,
             self.client,
             q(&format!("<{}>", self.sender.as_deref().unwrap_or(""))),
-            q(&format!("<{}>", rcpt.unwrap_or(""))),
+            q(&format!("<{rcpt}>")),
             verdict.name(),
             verdict.reason(),
             report.kind.name(),
@@ -649,7 +692,7 @@ impl Policy for Verify<'_> {
         self.pending_reason = "";
         self.accepted = [0; 2];
         self.backscatter_reason = "";
-        self.untagged_rcpt = None;
+        self.untagged_rcpts.clear();
         self.pending_rcpt = None;
     }
 }

@@ -409,3 +409,39 @@ fn ordinary_mail_from_a_quoted_sender_is_not_a_bounce() {
         assert!(got.iter().all(|m| m.from == from), "{got:#?}");
     });
 }
+
+/// Issue 13, tag guessing (found in review): Postfix's VRFY asks the strip map whether a
+/// tagged address is a known user, and never the policy service: an uncounted oracle. The
+/// README's main.cf turns VRFY off; then a right and a wrong guess get the same answer.
+#[test]
+fn vrfy_cannot_test_tags() {
+    bounded(LIMIT, || {
+        let vrfy = |site: &Site, tagged: &str| {
+            let mut c = site.connect(A);
+            c.cmd("EHLO attacker.example");
+            let r = c.cmd(&format!("VRFY <{tagged}>"));
+            c.cmd("QUIT");
+            r
+        };
+        // Without it, the attack works: the valid tag is a known user, a forged one not.
+        let Some(open) = mx_site(Wiring::default()) else { return };
+        let bob = open.daemon.sign("bob@example.org");
+        assert_eq!(code(&vrfy(&open, &bob)), 252, "the oracle the README closes");
+        assert_eq!(code(&vrfy(&open, &forge(&bob))), 550);
+        // With the README's line.
+        let readme = std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+        assert!(
+            readme.contains("\ndisable_vrfy_command = yes\n"),
+            "the README's main.cf turns VRFY off"
+        );
+        let Some(closed) = mx_site(Wiring {
+            main: "disable_vrfy_command = yes\n",
+            ..Wiring::default()
+        }) else {
+            return;
+        };
+        let bob = closed.daemon.sign("bob@example.org");
+        let (right, wrong) = (vrfy(&closed, &bob), vrfy(&closed, &forge(&bob)));
+        assert_eq!((code(&right), code(&wrong)), (502, 502), "{right} {wrong}");
+    });
+}

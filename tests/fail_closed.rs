@@ -309,6 +309,32 @@ fn a_tag_in_the_message_vouches_only_for_its_own_address() {
             .contains("\r\nX-BATV: bounce-with-valid-tag; reason=valid;"),
         "{got:?}"
     );
+    // Alice's tag says nothing about bob, a second recipient of the same message.
+    let out = transaction(
+        &p.addr,
+        "<mailer@remote.example>",
+        &["<alice@example.com>", "<bob@example.com>"],
+        &dsn(&alices),
+    );
+    assert_eq!(codes_of(&out), [220, 250, 250, 250, 250, 354, 550, 221], "{out:?}");
+
+    // The returned sender's tag is checked here too: guesses at it count, and once the
+    // client has used them up it gets no answer (451), even for a right one.
+    let g = Proxy::start(
+        &direct,
+        &format!("mode = \"front\"\ndata_check = true\ndata_check_refuse = true\nmax_failed_tags = 2\n{SLOW}"),
+    );
+    let alices = g.sign(TODAY, "alice@example.com");
+    let wrong = |i: usize| {
+        let c = ["a", "b", "c"].into_iter().filter(|c| **c != alices[10..11]).nth(i % 2).unwrap();
+        format!("{}{c}{}", &alices[..10], &alices[11..])
+    };
+    for (returned, last) in [(wrong(0), 550), (wrong(1), 550), (wrong(0), 451), (alices.clone(), 451)] {
+        let out = transaction(&g.addr, "<mailer@remote.example>", &["<alice@example.com>"], &dsn(&returned));
+        assert_eq!(codes_of(&out), [220, 250, 250, 250, 354, last, 221], "{returned}: {out:?}");
+    }
+    wait_log(&g, "action=deferred-too-many-invalid-tags", 2);
+    assert_eq!(delivered(&sink, 1).len(), 1, "nothing more was delivered");
 }
 
 /// Item 5, "log injection": a quoted local part that reads like more fields is one quoted
