@@ -26,7 +26,8 @@ const MONITOR_UNTAGGED: &str = "PREPEND X-BATV: backscatter; reason=untagged; mo
 
 /// A tag with one hash character changed (`prvs=` K DDD, then the hash from index 9).
 fn forge(tag: &str) -> String {
-    let c = if &tag[12..13] == "a" { "b" } else { "a" };
+    // Native tags are case-insensitive: "A" for "a" would be no forgery.
+    let c = if tag[12..13].eq_ignore_ascii_case("a") { "b" } else { "a" };
     format!("{}{c}{}", &tag[..12], &tag[13..])
 }
 

@@ -90,7 +90,7 @@ fn session(exim: &str, conf: &Path, lines: &[String]) -> Vec<String> {
 fn forge(tagged: &str) -> String {
     // The first hash character (after `prvs=` and K DDD), changed.
     let mut b = tagged.as_bytes().to_vec();
-    b[9] = if b[9] == b'a' { b'b' } else { b'a' };
+    b[9] = if b[9].eq_ignore_ascii_case(&b'a') { b'b' } else { b'a' };
     String::from_utf8(b).unwrap()
 }
 

@@ -27,7 +27,7 @@ fn verify(d: &Daemon, addr: &str) -> Option<String> {
 fn forge(tagged: &str) -> String {
     // prvs= K DDD hash =local@domain
     let mut b = tagged.as_bytes().to_vec();
-    b[9] = if b[9] == b'a' { b'b' } else { b'a' };
+    b[9] = if b[9].eq_ignore_ascii_case(&b'a') { b'b' } else { b'a' };
     String::from_utf8(b).unwrap()
 }
 

@@ -45,7 +45,7 @@ fn xtext(s: &str) -> String {
 
 /// A tag with one signature character changed.
 fn forge(tagged: &str) -> String {
-    let c = if &tagged[10..11] == "a" { "b" } else { "a" };
+    let c = if tagged[10..11].eq_ignore_ascii_case("a") { "b" } else { "a" };
     format!("{}{c}{}", &tagged[..10], &tagged[11..])
 }
 
