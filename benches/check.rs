@@ -8,9 +8,9 @@
 use std::hint::black_box;
 use std::path::Path;
 
-use batv::address::DomainSet;
-use batv::keys::{KeyStore, Secret};
-use batv::verdict::Rules;
+use batv::core::address::DomainSet;
+use batv::core::keys::{KeyStore, Secret};
+use batv::core::verdict::Rules;
 use batv::{bounce, tag};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 

@@ -6,8 +6,8 @@
 
 use std::hint::black_box;
 
-use batv::address;
-use batv::tag::{self, Scheme, TagKey};
+use batv::core::address;
+use batv::core::tag::{self, Scheme, TagKey};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use hmac::{KeyInit, Mac};
 

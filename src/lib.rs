@@ -1,28 +1,21 @@
 //! batv: Bounce Address Tag Validation.
 //!
-//! The core (`address`, `tag`, `keys`, `config`, `signer`, `verdict`, `failed_tags`,
-//! `bounce`, `time`) knows nothing of the modes that use it. The SMTP layer (`smtp`,
-//! `session`) and the modes (`sendmail`, `proxy`, `daemon`) sit on it, and the CLI
-//! (`cli`, `commands`) on top. The library never exits the process.
+//! The crate in layers; each uses only the layers below it:
+//!
+//! ```text
+//! cli      clap definitions and the commands (the binary is a thin main over it)
+//! modes    sendmail wrapper, proxy, daemon (socketmap, policy, readsocket)
+//! server   the one runtime every daemon plugs into: listeners, limits, signals,
+//!          reloads, metrics, privilege drop
+//! smtp     line and DATA framing, the relay session, front-mode handoff and TLS
+//! bounce   inspection of a message that may be a bounce
+//! core     address, tag, keys, config, verdict, signer, time, log
+//! ```
+//!
+//! The library never exits the process.
 
-pub mod address;
 pub mod bounce;
 pub mod cli;
-pub mod commands;
-pub mod config;
-pub mod daemon;
-pub mod exit;
-pub mod failed_tags;
-pub mod front;
-pub mod keys;
-pub mod log;
-pub mod privilege;
-pub mod proxy;
-pub mod sendmail;
-pub mod session;
-pub mod signer;
+pub mod core;
+pub mod modes;
 pub mod smtp;
-pub mod syslog;
-pub mod tag;
-pub mod time;
-pub mod verdict;

@@ -91,7 +91,7 @@ fn man_pages_cover_every_subcommand() {
 fn config_man_page_names_every_key() {
     let page = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("man/batv.toml.5")).unwrap();
     // Give every optional key a value so it is serialised too.
-    let mut c = batv::config::Config {
+    let mut c = batv::core::config::Config {
         keys_dir: Some("/etc/batv/keys".into()),
         key_group: Some("batv".into()),
         protected_domains: Some(vec![]),

@@ -1,7 +1,7 @@
 //! Property tests: round trips, single-character substitutions, and total parsing.
 
-use batv::address;
-use batv::tag::{self, Scheme, TagKey, Verdict};
+use batv::core::address;
+use batv::core::tag::{self, Scheme, TagKey, Verdict};
 use proptest::prelude::*;
 
 fn scheme() -> impl Strategy<Value = Scheme> {

@@ -1,4 +1,4 @@
-//! Property-based fuzzing of the SMTP relay state machine ([`batv::session::Session`]), in
+//! Property-based fuzzing of the SMTP relay state machine ([`batv::smtp::session::Session`]), in
 //! memory: arbitrary or plausible client input against a fake downstream that behaves like
 //! a (Postfix-like) SMTP server, checking that the session never sends a reply the protocol
 //! forbids and never lets through what its policy or limits should have stopped.
@@ -17,7 +17,7 @@ use std::time::Duration;
 #[path = "common/data.rs"]
 mod data;
 
-use batv::session::{Decision, End, Limits, Policy, Session};
+use batv::smtp::session::{Decision, End, Limits, Policy, Session};
 use batv::smtp::{Reply, SmtpError};
 use proptest::prelude::*;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};

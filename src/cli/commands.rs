@@ -5,14 +5,14 @@ use std::ffi::OsString;
 use std::io::{self, BufRead, Read, Write};
 use std::path::{Path, PathBuf};
 
-use crate::address::{self, AddressError};
 use crate::cli::{Cli, Command, ConfigCommand, KeysCommand, SignArgs, StripArgs, VerifyArgs};
-use crate::config::{self, Config, ConfigError};
-use crate::exit::*;
-use crate::keys::{self, Change, KeyError, KeySet, KeyStore, Secret};
-use crate::sendmail::Wrapper;
-use crate::tag::{self, Verdict};
-use crate::time;
+use crate::core::address::{self, AddressError};
+use crate::core::config::{self, Config, ConfigError};
+use crate::core::exit::*;
+use crate::core::keys::{self, Change, KeyError, KeySet, KeyStore, Secret};
+use crate::core::tag::{self, Verdict};
+use crate::core::time;
+use crate::modes::sendmail::Wrapper;
 
 /// Errors that end a command. Each maps to one sysexits code.
 #[derive(Debug, thiserror::Error)]
@@ -98,7 +98,7 @@ impl Context {
 
 /// Run a parsed command line.
 pub fn run(cli: Cli) -> u8 {
-    if crate::privilege::is_privileged() {
+    if crate::core::privilege::is_privileged() {
         eprintln!("batv: refusing to run with set-id privileges; a set-id batv runs only as `sendmail`");
         return EX_CONFIG;
     }
@@ -123,7 +123,7 @@ pub fn run(cli: Cli) -> u8 {
 }
 
 fn proxy(ctx: Context, a: crate::cli::ProxyArgs) -> Result<u8, CliError> {
-    use crate::proxy;
+    use crate::modes::proxy;
     let invalid = |detail: String| {
         CliError::Config(config::ConfigError::Invalid {
             path: ctx.config_path.clone(),
@@ -135,7 +135,7 @@ fn proxy(ctx: Context, a: crate::cli::ProxyArgs) -> Result<u8, CliError> {
     let listen = a.listen.unwrap_or(config.proxy.listen);
     let settings = proxy::Settings::from_config(&config).map_err(invalid)?;
     let store = ctx.store()?;
-    let keys = crate::keys::startup_keys(&store)?;
+    let keys = crate::core::keys::startup_keys(&store)?;
     let shared = std::sync::Arc::new(proxy::Shared::new(settings, keys, ctx.fixed_now.then_some(ctx.now)));
     let source = proxy::Source {
         config: ctx.config_path.clone(),
@@ -162,7 +162,7 @@ fn proxy(ctx: Context, a: crate::cli::ProxyArgs) -> Result<u8, CliError> {
 }
 
 fn daemon(ctx: Context, a: crate::cli::DaemonArgs) -> Result<u8, CliError> {
-    use crate::daemon;
+    use crate::modes::daemon;
     let invalid = |detail: String| {
         CliError::Config(config::ConfigError::Invalid {
             path: ctx.config_path.clone(),
@@ -176,7 +176,7 @@ fn daemon(ctx: Context, a: crate::cli::DaemonArgs) -> Result<u8, CliError> {
         a.listen
     };
     let store = ctx.store()?;
-    let keys = crate::keys::startup_keys(&store)?;
+    let keys = crate::core::keys::startup_keys(&store)?;
     let max_connections = config.daemon.max_connections.get() as usize;
     let mode = config.daemon.socket_mode();
     let shared = std::sync::Arc::new(daemon::Shared::new(config, keys, ctx.fixed_now.then_some(ctx.now)).map_err(invalid)?);
@@ -196,7 +196,7 @@ fn daemon(ctx: Context, a: crate::cli::DaemonArgs) -> Result<u8, CliError> {
 
 fn wrapper(ctx: Context, argv0: OsString) -> Wrapper {
     Wrapper {
-        privileged: crate::privilege::is_privileged(),
+        privileged: crate::core::privilege::is_privileged(),
         config: ctx.config,
         keys_dir: ctx.keys_dir,
         now: ctx.now,
@@ -217,7 +217,7 @@ pub fn run_as_sendmail(argv0: OsString, args: Vec<OsString>) -> u8 {
         },
         Err(e) => {
             eprintln!("batv sendmail: {e}");
-            crate::syslog::error(&e.to_string());
+            crate::core::log::syslog_error(&e.to_string());
             return e.exit_code();
         }
     };
@@ -352,7 +352,7 @@ fn check(ctx: &Context, a: crate::cli::CheckArgs) -> Result<u8, CliError> {
             Ok(keys) => Ok(bounce::judge(
                 &report,
                 recipient.as_deref(),
-                &crate::verdict::Rules::from_config(&ctx.config),
+                &crate::core::verdict::Rules::from_config(&ctx.config),
                 &keys,
                 ctx.today(),
             )),
@@ -397,8 +397,8 @@ fn check(ctx: &Context, a: crate::cli::CheckArgs) -> Result<u8, CliError> {
         verdict.name(),
         verdict.reason(),
         report.kind.name(),
-        crate::log::q(report.original_sender.as_deref().unwrap_or("-")),
-        crate::log::q(recipient.as_deref().unwrap_or("-")),
+        crate::core::log::q(report.original_sender.as_deref().unwrap_or("-")),
+        crate::core::log::q(recipient.as_deref().unwrap_or("-")),
     )?;
     Ok(code)
 }

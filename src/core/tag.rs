@@ -9,7 +9,7 @@ use std::borrow::Cow;
 use sha2::Digest;
 use subtle::ConstantTimeEq;
 
-use crate::address::{self, Address, AddressError, MAX_LOCAL_LEN};
+use crate::core::address::{self, Address, AddressError, MAX_LOCAL_LEN};
 
 /// `prvs=` prefix (always written lower-case: postgrey strips only that).
 const PREFIX: &str = "prvs=";

@@ -12,12 +12,12 @@ use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use crate::config::{Config, OnError};
-use crate::exit::*;
-use crate::keys::KeyStore;
-use crate::session::{self, Decision, Policy, Session};
-use crate::signer::{Outcome, Signer};
-use crate::tag;
+use crate::core::config::{Config, OnError};
+use crate::core::exit::*;
+use crate::core::keys::KeyStore;
+use crate::core::signer::{Outcome, Signer};
+use crate::core::tag;
+use crate::smtp::session::{self, Decision, Policy, Session};
 
 /// Largest header block read for `-t` recipient checks.
 const MAX_HEADER: usize = 1 << 20;
@@ -218,7 +218,7 @@ fn login_name() -> Option<String> {
 /// Warn on stderr and in the mail log.
 fn warn(msg: &str) {
     eprintln!("batv sendmail: {msg}");
-    crate::syslog::warning(msg);
+    crate::core::log::syslog_warning(msg);
 }
 
 /// Everything the wrapper needs that can fail before it runs the real sendmail.
@@ -260,9 +260,9 @@ impl Wrapper {
         let mut c = Command::new(&self.config.sendmail.path);
         c.arg0(&self.argv0).args(args);
         if self.privileged {
-            crate::privilege::drop_privileges()?;
-            c.env_clear().env("PATH", crate::privilege::SAFE_PATH);
-            for var in crate::privilege::SAFE_ENV {
+            crate::core::privilege::drop_privileges()?;
+            c.env_clear().env("PATH", crate::core::privilege::SAFE_PATH);
+            for var in crate::core::privilege::SAFE_ENV {
                 if let Some(v) = std::env::var_os(var) {
                     c.env(var, v);
                 }
@@ -274,7 +274,7 @@ impl Wrapper {
     fn cannot_run(&self, e: io::Error) -> u8 {
         let msg = format!("cannot run {}: {e}", self.config.sendmail.path.display());
         eprintln!("batv sendmail: {msg}");
-        crate::syslog::error(&msg);
+        crate::core::log::syslog_error(&msg);
         EX_TEMPFAIL
     }
 
@@ -291,7 +291,7 @@ impl Wrapper {
     pub fn run(&self, args: Vec<OsString>) -> u8 {
         if let Err(e) = self.check_loop() {
             eprintln!("batv sendmail: {e}");
-            crate::syslog::error(&e);
+            crate::core::log::syslog_error(&e);
             return EX_CONFIG;
         }
         let name = Path::new(&self.argv0).file_name().unwrap_or_default().to_os_string();

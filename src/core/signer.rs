@@ -1,9 +1,9 @@
 //! The signing policy shared by every mode: which envelope senders get a tag, and the tag.
 
-use crate::address::{self, AddressError, DomainSet};
-use crate::config::Config;
-use crate::keys::{Key, KeyError, KeySet};
-use crate::tag::{self, Scheme, Skip};
+use crate::core::address::{self, AddressError, DomainSet};
+use crate::core::config::Config;
+use crate::core::keys::{Key, KeyError, KeySet};
+use crate::core::tag::{self, Scheme, Skip};
 
 /// What happened to one sender.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,7 +67,7 @@ mod tests {
     use super::*;
 
     pub fn signer(domains: &[&str]) -> Signer {
-        let key = crate::keys::test_key();
+        let key = crate::core::keys::test_key();
         let config = Config {
             sign_domains: domains.iter().map(|d| d.to_string()).collect(),
             ..Config::default()

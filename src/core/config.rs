@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Deserializer, Serialize};
 
-use crate::address::DomainSet;
-use crate::tag::{Scheme, DEFAULT_LIFETIME, MAX_LIFETIME, MIN_LIFETIME};
+use crate::core::address::DomainSet;
+use crate::core::tag::{Scheme, DEFAULT_LIFETIME, MAX_LIFETIME, MIN_LIFETIME};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -19,7 +19,7 @@ pub enum ConfigError {
 
 impl ConfigError {
     pub fn exit_code(&self) -> u8 {
-        crate::exit::EX_CONFIG
+        crate::core::exit::EX_CONFIG
     }
 }
 
@@ -536,7 +536,7 @@ fn exempt_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error>
     for s in &v {
         let ok = match s.strip_prefix('@') {
             Some(domain) => DomainSet::new([domain]).is_ok(),
-            None => crate::address::parse(s).is_ok(),
+            None => crate::core::address::parse(s).is_ok(),
         };
         if !ok {
             return Err(serde::de::Error::custom(format!("{s:?}: expected an address or @domain")));
@@ -547,7 +547,7 @@ fn exempt_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error>
 
 fn date_opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
     let s = String::deserialize(d)?;
-    crate::time::parse_now(&s).map_err(serde::de::Error::custom)?;
+    crate::core::time::parse_now(&s).map_err(serde::de::Error::custom)?;
     Ok(Some(s))
 }
 
@@ -677,10 +677,10 @@ impl Config {
     }
 
     /// The schemes verifiers accept: `verify_schemes`, or the signing scheme alone.
-    pub fn accepted_schemes(&self) -> crate::tag::Schemes {
+    pub fn accepted_schemes(&self) -> crate::core::tag::Schemes {
         match &self.verify_schemes {
-            Some(v) => crate::tag::Schemes::of(v.iter().copied()),
-            None => crate::tag::Schemes::of([self.scheme]),
+            Some(v) => crate::core::tag::Schemes::of(v.iter().copied()),
+            None => crate::core::tag::Schemes::of([self.scheme]),
         }
     }
 

@@ -4,7 +4,7 @@
 //! [`Verify`] policy towards the downstream MTA. Keys and settings are shared as `Arc`
 //! snapshots taken per transaction, replaced whole on SIGHUP (and the keys also when their
 //! directory changes), so a reload never disturbs a session. Front mode adds the client
-//! handoff and STARTTLS of [`crate::front`].
+//! handoff and STARTTLS of [`crate::smtp::front`].
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -18,16 +18,16 @@ use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
 use crate::bounce::{self, CheckVerdict};
-use crate::config::{Config, FrontProtocol, IpNet, ProxyMode, RejectAt};
-use crate::failed_tags::FailedTags;
-use crate::front::{self, ClientIo};
-use crate::keys::{KeySet, KeyStore};
-use crate::log::q;
-use crate::session::{Decision, End, Limits, Policy, Session};
+use crate::core::config::{Config, FrontProtocol, IpNet, ProxyMode, RejectAt};
+use crate::core::failed_tags::FailedTags;
+use crate::core::keys::{KeySet, KeyStore};
+use crate::core::log::q;
+use crate::core::tag;
+use crate::smtp::front::{self, ClientIo};
+use crate::smtp::session::{Decision, End, Limits, Policy, Session};
 use crate::smtp::{self, Reply, SmtpError};
-use crate::tag;
 
-use crate::verdict::{self, judge, Judgement, Rules, TxVerdict};
+use crate::core::verdict::{self, judge, Judgement, Rules, TxVerdict};
 
 /// Counters per verdict and per key id (how often each key still validates tags).
 #[derive(Debug, Default)]
@@ -165,7 +165,7 @@ impl Settings {
             trusted: p.trusted_relays.iter().filter_map(|n| IpNet::parse(n).ok()).collect(),
             reject_at: p.reject_at,
             enforce: p.enforce,
-            enforce_after: p.enforce_after.as_deref().and_then(|d| crate::time::parse_now(d).ok()),
+            enforce_after: p.enforce_after.as_deref().and_then(|d| crate::core::time::parse_now(d).ok()),
             forward: p.forward,
             limits: Limits {
                 command: Duration::from_millis(p.command_timeout_ms),
@@ -211,7 +211,7 @@ impl Shared {
     }
 
     fn now(&self) -> i64 {
-        self.now.unwrap_or_else(crate::time::system_now)
+        self.now.unwrap_or_else(crate::core::time::system_now)
     }
 
     pub fn keys(&self) -> Arc<KeySet> {
@@ -561,7 +561,7 @@ impl Policy for Verify<'_> {
         let rules = &self.settings.rules;
         let tag = report.original_sender.as_deref().and_then(|a| {
             let v = tag::verify(a, self.today, rules.schemes, |k| self.keys.get(k)).ok()?;
-            let ours = crate::address::parse(a).is_ok_and(|x| rules.protected.contains(x.domain));
+            let ours = crate::core::address::parse(a).is_ok_and(|x| rules.protected.contains(x.domain));
             (v != tag::Verdict::Untagged && ours).then_some(v)
         });
         if let Some(v) = tag {
@@ -974,7 +974,7 @@ pub async fn serve(
     let limit = Arc::new(Semaphore::new(max_connections));
     let mut poll = tokio::time::interval(Duration::from_secs(2));
     let mut last = source.store.stamp();
-    let mut next_id: u64 = (crate::time::system_now() as u64) << 16;
+    let mut next_id: u64 = (crate::core::time::system_now() as u64) << 16;
     if let Some(m) = metrics {
         crate::logln!("batv-proxy: metrics on http://{}/metrics", m.local_addr()?);
         tokio::spawn(serve_metrics(m, shared.clone()));

@@ -24,14 +24,14 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWrite
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{watch, Semaphore};
 
-use crate::config::{Config, IpNet, Listen, RejectAt};
-use crate::failed_tags::FailedTags;
-use crate::keys::{KeySet, KeyStore};
-use crate::log::q;
+use crate::core::config::{Config, IpNet, Listen, RejectAt};
+use crate::core::failed_tags::FailedTags;
+use crate::core::keys::{KeySet, KeyStore};
+use crate::core::log::q;
+use crate::core::signer::{Outcome, Signer};
+use crate::core::tag::{self, Verdict};
+use crate::core::verdict::{judge, Rules, TxVerdict};
 use crate::logln;
-use crate::signer::{Outcome, Signer};
-use crate::tag::{self, Verdict};
-use crate::verdict::{judge, Rules, TxVerdict};
 
 /// Longest a request may take to arrive once it has begun (Postfix's own socketmap and
 /// policy timeouts are 100 s).
@@ -73,7 +73,7 @@ impl Settings {
             trusted: d.trusted_relays.iter().filter_map(|n| IpNet::parse(n).ok()).collect(),
             reject_at: d.reject_at,
             enforce: d.enforce,
-            enforce_after: d.enforce_after.as_deref().and_then(|t| crate::time::parse_now(t).ok()),
+            enforce_after: d.enforce_after.as_deref().and_then(|t| crate::core::time::parse_now(t).ok()),
             request_limit: d.request_limit as usize,
             idle: Duration::from_millis(d.idle_timeout_ms.max(1)),
         })
@@ -189,7 +189,7 @@ impl Shared {
     }
 
     fn now(&self) -> i64 {
-        self.now.unwrap_or_else(crate::time::system_now)
+        self.now.unwrap_or_else(crate::core::time::system_now)
     }
 
     fn replace(&self, state: State) {
@@ -278,7 +278,12 @@ impl Shared {
         let rcpt = attrs.get("recipient").unwrap_or("");
         let client = attrs.get("client_address").unwrap_or("");
         // The recipient in Postfix's internal form too: quoted back before it is judged.
-        let mut j = judge(&crate::address::from_internal(rcpt), &s.rules, &state.keys, tag::unix_day(now));
+        let mut j = judge(
+            &crate::core::address::from_internal(rcpt),
+            &s.rules,
+            &state.keys,
+            tag::unix_day(now),
+        );
         let ip: Option<std::net::IpAddr> = client.parse().ok();
         let trusted = ip.is_some_and(|ip| s.trusted.iter().any(|n| n.contains(ip)));
         if trusted && j.verdict == TxVerdict::Backscatter {
@@ -286,7 +291,7 @@ impl Shared {
             j.reason = "trusted-relay";
         }
         let c = &self.counters;
-        let log = |name: &str, j: &crate::verdict::Judgement| {
+        let log = |name: &str, j: &crate::core::verdict::Judgement| {
             let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
             logln!(
                 "batv-daemon: policy client={} instance={} sender={} rcpt={} verdict={} reason={} action={} key={} tag_days_left={}",
@@ -413,7 +418,7 @@ impl Shared {
         let arg = arg.trim();
         match op {
             // Exim's addresses are unquoted ($local_part): quoted back for the maps.
-            "sign" | "strip" => match self.map(op, &crate::address::from_internal(arg)).flatten() {
+            "sign" | "strip" => match self.map(op, &crate::core::address::from_internal(arg)).flatten() {
                 Some(v) => format!("OK {v}"),
                 None => "NOTFOUND".into(),
             },
@@ -431,7 +436,7 @@ impl Shared {
                 };
                 let s = &state.settings;
                 // Exim's $local_part is unquoted: quoted back before it is judged.
-                let j = judge(&crate::address::from_internal(arg), &s.rules, &state.keys, tag::unix_day(now));
+                let j = judge(&crate::core::address::from_internal(arg), &s.rules, &state.keys, tag::unix_day(now));
                 let trusted = client.is_some_and(|ip| s.trusted.iter().any(|n| n.contains(ip)));
                 if let Some(ip) = client.filter(|_| !trusted && (j.stripped.is_some() || j.failed_tag())) {
                     let max = s.max_failed_tags;
@@ -869,7 +874,7 @@ pub async fn serve(listeners: Vec<Listener>, shared: Arc<Shared>, source: Source
                     source.reload(&shared, false);
                 }
             }
-            _ = usr1.recv() => crate::log::line(format_args!("{}", shared.counters.render().trim_end())),
+            _ = usr1.recv() => crate::core::log::line(format_args!("{}", shared.counters.render().trim_end())),
             _ = term.recv() => break,
             _ = int.recv() => break,
         }
@@ -960,7 +965,7 @@ mod tests {
     }
 
     fn shared(extra: impl FnOnce(&mut Config)) -> Shared {
-        let key = crate::keys::test_key();
+        let key = crate::core::keys::test_key();
         let mut config = Config {
             sign_domains: vec!["example.org".into()],
             ..Config::default()

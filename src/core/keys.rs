@@ -22,8 +22,8 @@ use hmac::{KeyInit, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::Digest;
 
-use crate::tag::TagKey;
-use crate::time;
+use crate::core::tag::TagKey;
+use crate::core::time;
 
 pub const MANIFEST: &str = "manifest.toml";
 const LOCK: &str = ".lock";
@@ -105,7 +105,7 @@ impl KeyError {
 
     /// sysexits code for this error.
     pub fn exit_code(&self) -> u8 {
-        use crate::exit::*;
+        use crate::core::exit::*;
         match self {
             KeyError::Io { .. } => EX_IOERR,
             KeyError::BadSecretLength(_)
@@ -301,7 +301,7 @@ impl KeySet {
 pub(crate) fn test_key() -> Key {
     let secret = Secret(b"test".to_vec());
     Key {
-        tag: crate::tag::TagKey::new(secret.expose()),
+        tag: crate::core::tag::TagKey::new(secret.expose()),
         info: KeyInfo {
             id: 2,
             state: State::Active,
@@ -500,7 +500,7 @@ impl KeyStore {
             reason,
         };
         let text = String::from_utf8(text).map_err(|_| corrupt("not UTF-8".into()))?;
-        let m: Manifest = toml::from_str(&text).map_err(|e| corrupt(crate::config::describe_toml_error(&text, &e)))?;
+        let m: Manifest = toml::from_str(&text).map_err(|e| corrupt(crate::core::config::describe_toml_error(&text, &e)))?;
         if m.version != 1 {
             return Err(corrupt(format!("unsupported manifest version {}", m.version)));
         }
@@ -980,7 +980,7 @@ mod tests {
         for len in [0, 1, 15, 65] {
             let e = Secret::new(vec![b'x'; len]).unwrap_err();
             assert_eq!(e.to_string(), format!("secret must be 16 to 64 bytes, got {len}"));
-            assert_eq!(e.exit_code(), crate::exit::EX_DATAERR);
+            assert_eq!(e.exit_code(), crate::core::exit::EX_DATAERR);
         }
         for len in [16, 64] {
             assert_eq!(Secret::new(vec![b'x'; len]).unwrap().expose().len(), len);
@@ -1045,7 +1045,7 @@ mod tests {
             fs::set_permissions(&manifest, fs::Permissions::from_mode(mode)).unwrap();
             let e = store.load().unwrap_err();
             assert!(matches!(&e, KeyError::GroupWritable { path, .. } if *path == manifest), "{e}");
-            assert_eq!(e.exit_code(), crate::exit::EX_CONFIG);
+            assert_eq!(e.exit_code(), crate::core::exit::EX_CONFIG);
         }
     }
 
@@ -1064,7 +1064,7 @@ mod tests {
         fs::write(&file, "s3cret\n").unwrap();
         let e = store.load().unwrap_err();
         assert!(matches!(&e, KeyError::ShortSecret { path, len: 6 } if *path == file), "{e}");
-        assert_eq!(e.exit_code(), crate::exit::EX_CONFIG);
+        assert_eq!(e.exit_code(), crate::core::exit::EX_CONFIG);
         assert!(e.to_string().contains("key-5.secret: secret is 6 bytes"), "{e}");
     }
 
@@ -1087,7 +1087,7 @@ mod tests {
             let e = dir_policy(p, mode, 0, 0, false).unwrap_err();
             assert!(matches!(e, KeyError::DirWritable { by: b, .. } if b == by), "{mode:o}: {e}");
             assert!(e.to_string().contains("chmod go-w /k"), "{e}");
-            assert_eq!(e.exit_code(), crate::exit::EX_CONFIG);
+            assert_eq!(e.exit_code(), crate::core::exit::EX_CONFIG);
         }
         // A Kubernetes Secret volume: 1777, but mounted read-only.
         assert!(ok(0o41777, 0, 0, true));

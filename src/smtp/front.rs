@@ -20,7 +20,7 @@ use tokio_rustls::rustls;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 
-use crate::config::FrontProtocol;
+use crate::core::config::FrontProtocol;
 use crate::smtp::{self, Reply, SmtpError};
 
 /// Why the downstream did not take the client's identity.

@@ -8,9 +8,9 @@ use std::borrow::Cow;
 
 use mail_parser::{Message, MessageParser, MimeHeaders, PartType};
 
-use crate::keys::KeySet;
-use crate::tag::{self, Verdict};
-use crate::verdict::Rules;
+use crate::core::keys::KeySet;
+use crate::core::tag::{self, Verdict};
+use crate::core::verdict::Rules;
 
 /// What a message is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -838,10 +838,10 @@ pub fn judge(report: &Report, recipient: Option<&str>, rules: &Rules, keys: &Key
     fn verify<'a>(a: &'a str, rules: &Rules, keys: &KeySet, today: i64) -> Option<Verdict<'a>> {
         tag::verify(a, today, rules.schemes, |id| keys.get(id)).ok()
     }
-    let protected = |a: &str| crate::address::parse(a).is_ok_and(|x| rules.protected.contains(x.domain));
+    let protected = |a: &str| crate::core::address::parse(a).is_ok_and(|x| rules.protected.contains(x.domain));
     // The recipient as the MTA resolved it, and its own tag.
-    let rcpt = recipient.map(|r| match crate::address::normalize_path(r) {
-        Ok(crate::address::Path::Address(a)) => Some(a.into_owned()),
+    let rcpt = recipient.map(|r| match crate::core::address::normalize_path(r) {
+        Ok(crate::core::address::Path::Address(a)) => Some(a.into_owned()),
         _ => None,
     });
     let mut ours: Option<&'static str> = None;
@@ -902,10 +902,10 @@ pub fn judge(report: &Report, recipient: Option<&str>, rules: &Rules, keys: &Key
 /// Are two addresses one mailbox? The local part compared without ASCII case (as
 /// Postfix and Exim look users up), the domain canonically.
 fn same_address(a: &str, b: &str) -> bool {
-    let (Ok(a), Ok(b)) = (crate::address::parse(a), crate::address::parse(b)) else {
+    let (Ok(a), Ok(b)) = (crate::core::address::parse(a), crate::core::address::parse(b)) else {
         return false;
     };
-    let domain = |d| crate::address::canonical_domain(d).ok();
+    let domain = |d| crate::core::address::canonical_domain(d).ok();
     a.local.eq_ignore_ascii_case(&b.local) && domain(a.domain).is_some() && domain(a.domain) == domain(b.domain)
 }
 

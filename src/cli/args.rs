@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::tag::Scheme;
+use crate::core::tag::Scheme;
 
 const AFTER_HELP: &str = "\
 Exit status (sysexits): 0 ok, 1 invalid tag, 64 usage, 65 bad input, 74 I/O error,
@@ -189,7 +189,7 @@ lower-case local parts. Probe with postmap -q ADDRESS socketmap:unix:PATH:sign."
 pub struct DaemonArgs {
     /// Listen here instead of daemon.listen: unix:/PATH or inet:127.0.0.1:PORT (repeatable)
     #[arg(long, value_name = "SPEC")]
-    pub listen: Vec<crate::config::Listen>,
+    pub listen: Vec<crate::core::config::Listen>,
 }
 
 #[derive(Debug, Args)]

@@ -19,7 +19,7 @@ pub fn line(args: fmt::Arguments<'_>) {
 #[macro_export]
 macro_rules! logln {
     ($($arg:tt)*) => {
-        $crate::log::line(format_args!($($arg)*))
+        $crate::core::log::line(format_args!($($arg)*))
     };
 }
 
@@ -60,6 +60,37 @@ impl fmt::Display for Value<'_> {
 /// widths): escaped too, so a log line reads as it is.
 fn is_format(c: char) -> bool {
     matches!(c as u32, 0x200b..=0x200f | 0x202a..=0x202e | 0x2060..=0x2064 | 0x2066..=0x2069 | 0xfeff)
+}
+
+/// The system log (facility mail), for the sendmail wrapper, which runs unattended and
+/// has no stderr anyone reads.
+mod syslog {
+    use std::ffi::CString;
+    use std::sync::Once;
+
+    static OPEN: Once = Once::new();
+
+    pub(super) fn log(priority: libc::c_int, msg: &str) {
+        OPEN.call_once(|| {
+            // SAFETY: the ident is a 'static C string; openlog keeps the pointer.
+            unsafe { libc::openlog(c"batv".as_ptr(), libc::LOG_PID | libc::LOG_NDELAY, libc::LOG_MAIL) };
+        });
+        let Ok(text) = CString::new(msg.replace('\0', " ")) else {
+            return;
+        };
+        // SAFETY: "%s" with one valid C string argument.
+        unsafe { libc::syslog(priority, c"%s".as_ptr(), text.as_ptr()) };
+    }
+}
+
+/// A warning to the system log.
+pub fn syslog_warning(msg: &str) {
+    syslog::log(libc::LOG_WARNING, msg);
+}
+
+/// An error to the system log.
+pub fn syslog_error(msg: &str) {
+    syslog::log(libc::LOG_ERR, msg);
 }
 
 #[cfg(test)]

@@ -1,6 +1,9 @@
 //! SMTP framing: command lines with length limits, multi-line replies, and the raw DATA and
 //! BDAT streams. Reads are bounded; nothing here buffers a message.
 
+pub mod front;
+pub mod session;
+
 use std::io;
 use std::time::Duration;
 

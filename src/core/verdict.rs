@@ -5,10 +5,10 @@
 //! and trailing dots gone, see [`address::normalize_path`]), and what cannot be read that
 //! way is refused, never waved through for the MTA to read its own way.
 
-use crate::address::{self, DomainSet, Path};
-use crate::config::Config;
-use crate::keys::KeySet;
-use crate::tag::{self, Scheme, Schemes, Verdict};
+use crate::core::address::{self, DomainSet, Path};
+use crate::core::config::Config;
+use crate::core::keys::KeySet;
+use crate::core::tag::{self, Scheme, Schemes, Verdict};
 
 /// A recipient's standing in a null-sender transaction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

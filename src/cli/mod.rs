@@ -1,0 +1,7 @@
+//! The command line: clap definitions (`args`) and the commands they run (`commands`).
+
+mod args;
+pub mod commands;
+
+pub use args::*;
+pub use commands::{run, run_as_sendmail};

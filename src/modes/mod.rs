@@ -1,0 +1,5 @@
+//! The modes: each plugs the core and a protocol into a way of running.
+
+pub mod daemon;
+pub mod proxy;
+pub mod sendmail;
