@@ -18,4 +18,5 @@ pub mod bounce;
 pub mod cli;
 pub mod core;
 pub mod modes;
+pub mod server;
 pub mod smtp;

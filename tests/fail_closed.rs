@@ -262,7 +262,7 @@ fn prvs_tags_verify_only_where_listed() {
     )
     .unwrap();
     assert_eq!(unsafe { libc::kill(q.child.id() as i32, libc::SIGHUP) }, 0);
-    wait_log(&q, "configuration reloaded", 1);
+    wait_log(&q, "reloaded (configuration", 1);
     let out = transaction(&q.addr, "<>", &[&prvs], BODY);
     assert_eq!(codes_of(&out), [220, 250, 250, 250, 354, 250, 221], "{out:?}");
     let got = delivered(&sink, 1);

@@ -236,7 +236,7 @@ fn starttls_ends_at_the_proxy_and_the_certificate_reloads() {
     std::fs::rename(k2, &key).unwrap();
     unsafe { libc::kill(p.child.id() as i32, libc::SIGHUP) };
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !p.log.lock().unwrap().contains("configuration reloaded") && Instant::now() < deadline {
+    while !p.log.lock().unwrap().contains("reloaded (configuration") && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
     }
     let out = client(&p.addr, "127.0.0.2", &["EHLO c.example", "STARTTLS", "QUIT"]);

@@ -13,6 +13,7 @@ use crate::core::keys::{self, Change, KeyError, KeySet, KeyStore, Secret};
 use crate::core::tag::{self, Verdict};
 use crate::core::time;
 use crate::modes::sendmail::Wrapper;
+use crate::server;
 
 /// Errors that end a command. Each maps to one sysexits code.
 #[derive(Debug, thiserror::Error)]
@@ -123,75 +124,70 @@ pub fn run(cli: Cli) -> u8 {
 }
 
 fn proxy(ctx: Context, a: crate::cli::ProxyArgs) -> Result<u8, CliError> {
-    use crate::modes::proxy;
-    let invalid = |detail: String| {
-        CliError::Config(config::ConfigError::Invalid {
-            path: ctx.config_path.clone(),
-            detail: format!(" {detail}"),
-        })
-    };
+    use crate::modes::proxy::Proxy;
     let mut config = ctx.config.clone();
     config.proxy.forward = a.forward.unwrap_or(config.proxy.forward);
     let listen = a.listen.unwrap_or(config.proxy.listen);
-    let settings = proxy::Settings::from_config(&config).map_err(invalid)?;
-    let store = ctx.store()?;
-    let keys = crate::core::keys::startup_keys(&store)?;
-    let shared = std::sync::Arc::new(proxy::Shared::new(settings, keys, ctx.fixed_now.then_some(ctx.now)));
-    let source = proxy::Source {
-        config: ctx.config_path.clone(),
-        forward: a.forward,
-        store,
+    let mut source = server::Source::new(ctx.config_path.clone(), ctx.store()?);
+    if let Some(f) = a.forward {
+        source.adjust = Box::new(move |c: &mut Config| c.proxy.forward = f);
+    }
+    let keys = crate::core::keys::startup_keys(&source.store)?;
+    let how = server::Launch {
+        bind: || Ok(vec![server::listen::bind_tcp(listen)?]),
+        metrics: config.proxy.metrics_listen,
+        max_connections: config.proxy.max_connections.get() as usize,
+        tcp_only: true,
     };
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    let served = rt.block_on(async move {
-        let bind = |addr: std::net::SocketAddr| async move {
-            tokio::net::TcpListener::bind(addr)
-                .await
-                .map_err(|e| io::Error::new(e.kind(), format!("listen on {addr}: {e}")))
-        };
-        let listener = bind(listen).await?;
-        let metrics = match config.proxy.metrics_listen {
-            Some(m) => Some(bind(m).await?),
-            None => None,
-        };
-        proxy::serve(listener, shared, source, config, metrics).await
-    });
-    rt.shutdown_timeout(std::time::Duration::from_secs(1));
-    served?;
+    let service = Proxy::new(ctx.fixed_now.then_some(ctx.now));
+    server::launch(service, config, keys, source, how).map_err(|e| start_error(&ctx, e))?;
     Ok(EX_OK)
 }
 
 fn daemon(ctx: Context, a: crate::cli::DaemonArgs) -> Result<u8, CliError> {
-    use crate::modes::daemon;
-    let invalid = |detail: String| {
-        CliError::Config(config::ConfigError::Invalid {
-            path: ctx.config_path.clone(),
-            detail: format!(" {detail}"),
-        })
-    };
+    use crate::modes::daemon::Daemon;
     let config = ctx.config.clone();
     let listen = if a.listen.is_empty() {
         config.daemon.listen.clone()
     } else {
         a.listen
     };
-    let store = ctx.store()?;
-    let keys = crate::core::keys::startup_keys(&store)?;
-    let max_connections = config.daemon.max_connections.get() as usize;
-    let mode = config.daemon.socket_mode();
-    let shared = std::sync::Arc::new(daemon::Shared::new(config, keys, ctx.fixed_now.then_some(ctx.now)).map_err(invalid)?);
-    let source = daemon::Source {
-        config: ctx.config_path.clone(),
-        store,
+    let group = match &config.daemon.socket_group {
+        Some(g) => Some(crate::core::nss::group_id(g).ok_or_else(|| {
+            start_error(
+                &ctx,
+                server::StartError::Config(format!("daemon.socket_group {g:?}: no such group")),
+            )
+        })?),
+        None => None,
     };
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    let served = rt.block_on(async move {
-        let listeners = daemon::bind(&listen, mode)?;
-        daemon::serve(listeners, shared, source, max_connections).await
-    });
-    rt.shutdown_timeout(std::time::Duration::from_secs(1));
-    served?;
+    let unix = server::UnixOptions {
+        mode: config.daemon.socket_mode(),
+        group,
+    };
+    let source = server::Source::new(ctx.config_path.clone(), ctx.store()?);
+    let keys = crate::core::keys::startup_keys(&source.store)?;
+    let how = server::Launch {
+        bind: move || server::listen::bind(&listen, unix),
+        metrics: config.daemon.metrics_listen,
+        max_connections: config.daemon.max_connections.get() as usize,
+        tcp_only: false,
+    };
+    let service = Daemon::new(ctx.fixed_now.then_some(ctx.now));
+    server::launch(service, config, keys, source, how).map_err(|e| start_error(&ctx, e))?;
     Ok(EX_OK)
+}
+
+/// A daemon that could not start: a configuration it cannot serve is a configuration
+/// error (78), a socket that cannot be bound an I/O error (74).
+fn start_error(ctx: &Context, e: server::StartError) -> CliError {
+    match e {
+        server::StartError::Io(e) => CliError::Io(e),
+        server::StartError::Config(detail) => CliError::Config(config::ConfigError::Invalid {
+            path: ctx.config_path.clone(),
+            detail: format!(" {detail}"),
+        }),
+    }
 }
 
 fn wrapper(ctx: Context, argv0: OsString) -> Wrapper {

@@ -102,6 +102,13 @@ pub struct Config {
     pub keys_dir: Option<PathBuf>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_group: Option<String>,
+    /// Daemons started as root bind their sockets, then run as this user (a name or a
+    /// uid), with its groups.
+    #[serde(default, deserialize_with = "account_opt", skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// The group to run as with `user` (default: the user's own group).
+    #[serde(default, deserialize_with = "account_opt", skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
     #[serde(default = "default_scheme")]
     pub scheme: Scheme,
     #[serde(default = "default_lifetime", deserialize_with = "lifetime")]
@@ -187,6 +194,13 @@ pub struct DaemonConfig {
     /// reaches them.
     #[serde(default = "default_socket_mode", deserialize_with = "socket_mode")]
     pub socket_mode: String,
+    /// The group the unix sockets are given (with a `socket_mode` such as "0660"), for
+    /// an MTA that runs in that group.
+    #[serde(default, deserialize_with = "account_opt", skip_serializing_if = "Option::is_none")]
+    pub socket_group: Option<String>,
+    /// Counters as Prometheus text on this loopback address (`/metrics`), as the proxy's.
+    #[serde(default, deserialize_with = "loopback_opt", skip_serializing_if = "Option::is_none")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
     #[serde(default = "default_daemon_max_connections")]
     pub max_connections: NonZeroU32,
     /// Longest request (a netstring, a policy request, a line) in octets.
@@ -232,6 +246,20 @@ fn socket_mode<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
         _ => Err(serde::de::Error::custom(format!("{s:?}: an octal mode such as \"0660\""))),
     }
 }
+/// A user or group: a name as useradd(8) takes it, or a numeric id. Whether it exists is
+/// asked when a daemon starts (the file may be checked on another machine).
+fn account_opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let s = String::deserialize(d)?;
+    let name = !s.is_empty()
+        && s.len() <= 32
+        && !s.starts_with('-')
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+    if name || (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) && s.parse::<u32>().is_ok()) {
+        Ok(Some(s))
+    } else {
+        Err(serde::de::Error::custom(format!("{s:?}: a user or group name, or a numeric id")))
+    }
+}
 fn default_daemon_max_connections() -> NonZeroU32 {
     NonZeroU32::new(200).unwrap_or(NonZeroU32::MIN)
 }
@@ -265,6 +293,8 @@ impl Default for DaemonConfig {
         DaemonConfig {
             listen: default_daemon_listen(),
             socket_mode: default_socket_mode(),
+            socket_group: None,
+            metrics_listen: None,
             max_connections: default_daemon_max_connections(),
             request_limit: default_request_limit(),
             idle_timeout_ms: default_idle_timeout(),
@@ -461,6 +491,8 @@ impl Default for Config {
         Config {
             keys_dir: None,
             key_group: None,
+            user: None,
+            group: None,
             scheme: default_scheme(),
             lifetime_days: DEFAULT_LIFETIME,
             sign_domains: vec![],

@@ -1,15 +1,53 @@
-//! Log lines for the daemons, on stderr (journald, or a supervisor's log file).
+//! Log lines for the daemons, on stderr (journald, or a supervisor's log file), and the
+//! system log for the sendmail wrapper.
 //!
 //! `eprintln!` writes unbuffered, piece by piece: a line with escaped fields costs one
 //! write(2) per piece (measured: a fifth of the proxy's CPU with the DATA check on). A
 //! line here is formatted first and written once, so it also arrives whole.
+//!
+//! A line starts with an RFC 3339 time, unless stderr is journald's (`JOURNAL_STREAM`
+//! names it), which stamps each line itself.
 
 use std::fmt;
 use std::io::Write;
+use std::sync::OnceLock;
+
+/// Whether log lines carry their own time.
+static STAMP: OnceLock<bool> = OnceLock::new();
+
+/// True unless stderr is the stream systemd's `JOURNAL_STREAM` (`device:inode`) names.
+fn stamped() -> bool {
+    *STAMP.get_or_init(|| !journal_stream(std::env::var("JOURNAL_STREAM").ok().as_deref(), stderr_id()))
+}
+
+/// stderr's device and inode.
+fn stderr_id() -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    // /proc is not needed: fstat on fd 2, through a File that is never closed.
+    let f = std::mem::ManuallyDrop::new(unsafe {
+        // SAFETY: fd 2 is open for the life of the process (or fstat fails harmlessly);
+        // ManuallyDrop keeps it from being closed.
+        <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(2)
+    });
+    f.metadata().ok().map(|m| (m.dev(), m.ino()))
+}
+
+/// Whether `value` (`JOURNAL_STREAM`) names the stream `id` is.
+fn journal_stream(value: Option<&str>, id: Option<(u64, u64)>) -> bool {
+    let (Some(value), Some((dev, ino))) = (value, id) else {
+        return false;
+    };
+    let mut parts = value.split(':').map(|p| p.parse::<u64>().ok());
+    matches!((parts.next(), parts.next(), parts.next()), (Some(Some(d)), Some(Some(i)), None) if d == dev && i == ino)
+}
 
 /// Write one formatted line (the newline added) in one write.
 pub fn line(args: fmt::Arguments<'_>) {
     let mut s = String::with_capacity(256);
+    if stamped() {
+        s.push_str(&chrono::Local::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, false));
+        s.push(' ');
+    }
     let _ = fmt::write(&mut s, args);
     s.push('\n');
     let _ = std::io::stderr().lock().write_all(s.as_bytes());
@@ -96,6 +134,17 @@ pub fn syslog_error(msg: &str) {
 #[cfg(test)]
 mod tests {
     use super::q;
+
+    #[test]
+    fn journald_is_told_by_device_and_inode() {
+        use super::journal_stream;
+        assert!(journal_stream(Some("8:1234"), Some((8, 1234))));
+        assert!(!journal_stream(Some("8:1234"), Some((8, 1235))), "another stream");
+        assert!(!journal_stream(Some("8:1234:5"), Some((8, 1234))));
+        assert!(!journal_stream(Some("x:1234"), Some((8, 1234))));
+        assert!(!journal_stream(None, Some((8, 1234))), "no JOURNAL_STREAM: stamp");
+        assert!(!journal_stream(Some("8:1234"), None));
+    }
 
     #[test]
     fn values_cannot_add_fields() {

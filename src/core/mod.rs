@@ -7,6 +7,7 @@ pub mod exit;
 pub mod failed_tags;
 pub mod keys;
 pub mod log;
+pub mod nss;
 pub mod privilege;
 pub mod signer;
 pub mod tag;

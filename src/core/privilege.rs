@@ -27,3 +27,58 @@ pub fn drop_privileges() -> std::io::Result<()> {
 /// caller's environment is dropped.
 pub const SAFE_ENV: &[&str] = &["TZ", "LANG", "LC_ALL", "LC_CTYPE"];
 pub const SAFE_PATH: &str = "/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Who a daemon runs as after [`drop_to`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunAs {
+    /// Not started as root: nothing to drop.
+    Unchanged,
+    /// Root, and no `user` configured: it stays root (and says so).
+    Root,
+    /// Now this user and group, with the user's supplementary groups.
+    Dropped { user: String, uid: u32, gid: u32 },
+}
+
+/// Started as root: become `user` (with `group`, else the user's own group, and the
+/// user's supplementary groups, so that `key_group` membership still reads the keys),
+/// for good. Called once the sockets are bound and before any thread is started.
+pub fn drop_to(user: Option<&str>, group: Option<&str>) -> Result<RunAs, String> {
+    // SAFETY: plain getter.
+    if unsafe { libc::geteuid() } != 0 {
+        return Ok(RunAs::Unchanged);
+    }
+    let Some(name) = user else {
+        return Ok(RunAs::Root);
+    };
+    let u = crate::core::nss::user(name).ok_or_else(|| format!("user {name:?}: no such user"))?;
+    let gid = match group {
+        Some(g) => crate::core::nss::group_id(g).ok_or_else(|| format!("group {g:?}: no such group"))?,
+        None => u.gid,
+    };
+    if u.uid == 0 {
+        return Ok(RunAs::Root);
+    }
+    let cname = std::ffi::CString::new(u.name.clone()).map_err(|_| format!("user {name:?}: bad name"))?;
+    let fail = |what: &str| format!("{what}: {}", std::io::Error::last_os_error());
+    // SAFETY: plain syscalls; cname is a NUL-terminated string that outlives the call.
+    unsafe {
+        if libc::initgroups(cname.as_ptr(), gid as _) != 0 {
+            return Err(fail("initgroups"));
+        }
+        if libc::setresgid(gid, gid, gid) != 0 {
+            return Err(fail("setresgid"));
+        }
+        if libc::setresuid(u.uid, u.uid, u.uid) != 0 {
+            return Err(fail("setresuid"));
+        }
+        // For good: root cannot be taken back.
+        if libc::setuid(0) == 0 || libc::geteuid() != u.uid || libc::getegid() != gid {
+            return Err("privileges still held after the drop".into());
+        }
+    }
+    Ok(RunAs::Dropped {
+        user: u.name,
+        uid: u.uid,
+        gid,
+    })
+}

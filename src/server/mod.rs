@@ -1,0 +1,311 @@
+//! The one server runtime every daemon mode plugs into (proxy, daemon, and milter):
+//! listeners with a connection limit and one task per connection, a state snapshot
+//! swapped whole without locks on the hot path, SIGHUP and key-directory reloads (each
+//! part all or nothing), SIGUSR1 counters, an optional loopback `/metrics`, and a drain
+//! on SIGTERM.
+//!
+//! A mode implements [`Service`]: how to build its state from a configuration and keys,
+//! and how to serve one connection. It reads the current state with [`Server::state`],
+//! once per transaction or request, so a reload never changes one halfway.
+
+pub mod listen;
+pub mod metrics;
+mod reload;
+
+use std::future::Future;
+use std::io;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::sync::{watch, Semaphore};
+
+use crate::core::config::Config;
+use crate::core::keys::KeySet;
+
+pub use listen::{Bound, Peer, Socket, Stream, UnixOptions};
+pub use reload::Source;
+
+/// Becomes true when the server stops: idle connections should end.
+pub type Stop = watch::Receiver<bool>;
+
+/// An accepted connection.
+pub struct Connection {
+    pub stream: Stream,
+    pub peer: Peer,
+    /// Unique in this process's life (log lines name sessions by it).
+    pub id: u64,
+}
+
+/// A server mode.
+pub trait Service: Send + Sync + Sized + 'static {
+    /// What a reload replaces: settings and keys, and what is made of them.
+    type State: Send + Sync + 'static;
+
+    /// The log prefix (`batv-proxy`).
+    const NAME: &'static str;
+
+    /// Build a state; an error keeps the running one.
+    fn build(&self, config: &Config, keys: &KeySet) -> Result<Self::State, String>;
+
+    /// A new configuration this mode refuses to take without a restart, and why.
+    fn refuse_change(&self, _running: &Config, _new: &Config) -> Option<String> {
+        None
+    }
+
+    /// The mode's settings that wait for a restart (its listeners, its limits).
+    fn restart_only(running: &Config, new: &Config) -> Vec<&'static str>;
+
+    /// After each state is built (at start and on reloads): warnings about it.
+    fn loaded(&self, _state: &Self::State) {}
+
+    /// The log lines of a start, given the listeners' names.
+    fn started(&self, state: &Self::State, listeners: &[String]) {
+        let _ = state;
+        for l in listeners {
+            crate::logln!("{}: listening on {l}", Self::NAME);
+        }
+    }
+
+    /// Serve one connection. `stop` turns true when the server stops.
+    fn handle(server: Arc<Server<Self>>, conn: Connection, stop: Stop) -> impl Future<Output = ()> + Send;
+
+    /// What a client over the connection limit is told before it is closed.
+    fn busy(&self) -> Option<&'static [u8]> {
+        None
+    }
+
+    /// How long connections in progress may take to finish when the server stops.
+    fn drain(state: &Self::State) -> Duration;
+
+    /// The counters, as OpenMetrics text.
+    fn render_metrics(&self) -> String;
+}
+
+/// A mode and its current state.
+pub struct Server<S: Service> {
+    pub service: S,
+    state: ArcSwap<S::State>,
+}
+
+impl<S: Service> Server<S> {
+    /// Build the first state (an error is a configuration error).
+    pub fn new(service: S, config: &Config, keys: &KeySet) -> Result<Server<S>, String> {
+        let state = service.build(config, keys)?;
+        service.loaded(&state);
+        Ok(Server {
+            service,
+            state: ArcSwap::from_pointee(state),
+        })
+    }
+
+    /// The current state (a reference count, no lock).
+    pub fn state(&self) -> Arc<S::State> {
+        self.state.load_full()
+    }
+
+    fn replace(&self, state: S::State) {
+        self.state.store(Arc::new(state));
+    }
+}
+
+/// What [`run`] serves.
+pub struct Plan {
+    pub listeners: Vec<Bound>,
+    pub metrics: Option<Bound>,
+    pub max_connections: usize,
+    pub source: Source,
+    /// The configuration and keys the first state was built from.
+    pub config: Config,
+    pub keys: KeySet,
+}
+
+/// Why a daemon did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A socket could not be bound or served.
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    /// The configuration cannot be served (no such user, say).
+    #[error("{0}")]
+    Config(String),
+}
+
+/// How a mode is started: where it listens when systemd passes no sockets.
+pub struct Launch<B: FnOnce() -> io::Result<Vec<Bound>>> {
+    pub bind: B,
+    pub metrics: Option<std::net::SocketAddr>,
+    pub max_connections: usize,
+    /// The mode serves TCP only (the proxy).
+    pub tcp_only: bool,
+}
+
+/// Start a mode: take systemd's sockets (one named `metrics` serves the counters) or
+/// bind the configured ones, drop root to `user`, then serve on a two-thread runtime
+/// until SIGTERM.
+pub fn launch<S: Service, B: FnOnce() -> io::Result<Vec<Bound>>>(
+    service: S,
+    config: Config,
+    keys: KeySet,
+    source: Source,
+    how: Launch<B>,
+) -> Result<(), StartError> {
+    let name = S::NAME;
+    let server = Server::new(service, &config, &keys).map_err(StartError::Config)?;
+    let (listeners, metrics) = match listen::activated()? {
+        Some(passed) => {
+            let (m, l): (Vec<Bound>, Vec<Bound>) = passed.into_iter().partition(|b| b.fd_name.as_deref() == Some("metrics"));
+            if l.is_empty() {
+                return Err(StartError::Config("systemd passed no socket to serve (only metrics)".into()));
+            }
+            crate::logln!("{name}: {} socket(s) from systemd", l.len() + m.len());
+            (l, m.into_iter().next())
+        }
+        None => {
+            let l = (how.bind)()?;
+            let m = how.metrics.map(listen::bind_tcp).transpose()?;
+            (l, m)
+        }
+    };
+    if how.tcp_only {
+        if let Some(b) = listeners.iter().find(|b| !matches!(b.socket, Socket::Tcp(_))) {
+            return Err(StartError::Config(format!("{name} serves TCP only, not {}", b.name)));
+        }
+    }
+    match crate::core::privilege::drop_to(config.user.as_deref(), config.group.as_deref()).map_err(StartError::Config)? {
+        crate::core::privilege::RunAs::Dropped { user, uid, gid } => {
+            crate::logln!("{name}: running as user {user} (uid {uid}, gid {gid})");
+        }
+        crate::core::privilege::RunAs::Root => crate::logln!(
+            "{name}: warning: running as root: set user (and key_group) in the configuration to drop root once the sockets are bound"
+        ),
+        crate::core::privilege::RunAs::Unchanged => {}
+    }
+    let plan = Plan {
+        listeners,
+        metrics,
+        max_connections: how.max_connections,
+        source,
+        config,
+        keys,
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let served = rt.block_on(run(Arc::new(server), plan));
+    rt.shutdown_timeout(Duration::from_secs(1));
+    Ok(served?)
+}
+
+/// How often the keys directory is looked at.
+const KEY_POLL: Duration = Duration::from_secs(2);
+
+/// Serve until SIGTERM or SIGINT, then stop accepting, tell connections to stop, and
+/// wait for them as long as the mode says. Inside a tokio runtime.
+pub async fn run<S: Service>(server: Arc<Server<S>>, plan: Plan) -> io::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let name = S::NAME;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut usr1 = signal(SignalKind::user_defined1())?;
+    let limit = Arc::new(Semaphore::new(plan.max_connections));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut names = Vec::new();
+    let mut ours: Vec<PathBuf> = Vec::new();
+    let mut loops = Vec::new();
+    for b in plan.listeners {
+        if let Socket::Unix(_, Some(p)) = &b.socket {
+            ours.push(p.clone());
+        }
+        names.push(b.name.clone());
+        let l = listen::Listener::from_bound(b.socket)?;
+        loops.push(tokio::spawn(accept_loop(l, b.name, server.clone(), limit.clone(), stop_rx.clone())));
+    }
+    if let Some(m) = plan.metrics {
+        let Socket::Tcp(l) = m.socket else {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "the metrics socket must be TCP"));
+        };
+        crate::logln!("{name}: metrics on http://{}/metrics", l.local_addr()?);
+        let s = server.clone();
+        tokio::spawn(metrics::serve(tokio::net::TcpListener::from_std(l)?, move || {
+            s.service.render_metrics()
+        }));
+    }
+    server.service.started(&server.state(), &names);
+    let source = plan.source;
+    let mut running = reload::Running {
+        config: plan.config,
+        keys: plan.keys,
+    };
+    let mut poll = tokio::time::interval(KEY_POLL);
+    let mut last = source.store.stamp();
+    loop {
+        tokio::select! {
+            _ = hup.recv() => {
+                reload::reload(&server, &source, &mut running, true);
+                last = source.store.stamp();
+            }
+            _ = poll.tick() => {
+                let now = source.store.stamp();
+                if now != last {
+                    last = now;
+                    reload::reload(&server, &source, &mut running, false);
+                }
+            }
+            _ = usr1.recv() => crate::core::log::line(format_args!("{}", server.service.render_metrics().trim_end())),
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    let _ = stop_tx.send(true);
+    for l in loops {
+        let _ = l.await;
+    }
+    for p in ours {
+        let _ = std::fs::remove_file(p);
+    }
+    let busy = plan.max_connections - limit.available_permits();
+    crate::logln!("{name}: draining {busy} connection(s)");
+    let wait = S::drain(&server.state());
+    let _ = tokio::time::timeout(wait, limit.acquire_many(plan.max_connections as u32)).await;
+    crate::logln!("{name}: stopped");
+    Ok(())
+}
+
+async fn accept_loop<S: Service>(listener: listen::Listener, name: String, server: Arc<Server<S>>, limit: Arc<Semaphore>, mut stop: Stop) {
+    // The start time in the high bits, then a count: unique across restarts too.
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let base = (crate::core::time::system_now() as u64) << 16;
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept(&name) => a,
+            _ = stop.changed() => return,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // Out of descriptors, say: wait rather than spin.
+                crate::logln!("{}: accept on {name}: {e}", S::NAME);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let id = base + NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        let Ok(permit) = limit.clone().try_acquire_owned() else {
+            crate::logln!("{}: client={peer} error=\"too many connections\" action=closed", S::NAME);
+            if let Some(reply) = server.service.busy() {
+                tokio::spawn(async move {
+                    use tokio::io::AsyncWriteExt;
+                    let mut stream = stream;
+                    let _ = tokio::time::timeout(Duration::from_secs(5), stream.write_all(reply)).await;
+                });
+            }
+            continue;
+        };
+        let (server, stop) = (server.clone(), stop.clone());
+        tokio::spawn(async move {
+            S::handle(server, Connection { stream, peer, id }, stop).await;
+            drop(permit);
+        });
+    }
+}

@@ -1,0 +1,125 @@
+//! Reloads: SIGHUP reads the configuration (and so the certificate) and the keys again,
+//! the keys directory is polled for changes; each part is taken all or nothing, and every
+//! reload ends in one closing log line.
+
+use std::path::PathBuf;
+
+use crate::core::config::Config;
+use crate::core::keys::{KeySet, KeyStore};
+
+use super::{Server, Service};
+
+/// Where configuration and keys come from.
+pub struct Source {
+    pub config: PathBuf,
+    pub store: KeyStore,
+    /// Command-line settings that outlive reloads (`--forward`, say).
+    pub adjust: Box<dyn Fn(&mut Config) + Send + Sync>,
+}
+
+impl Source {
+    pub fn new(config: PathBuf, store: KeyStore) -> Source {
+        Source {
+            config,
+            store,
+            adjust: Box::new(|_| {}),
+        }
+    }
+
+    fn load_config(&self) -> Result<Config, String> {
+        let mut c = Config::load(Some(&self.config)).map_err(|e| e.to_string())?;
+        (self.adjust)(&mut c);
+        Ok(c)
+    }
+
+    fn load_keys(&self) -> Result<KeySet, String> {
+        match self.store.load() {
+            Ok(k) if !k.is_empty() => Ok(k),
+            Ok(_) => Err(format!("{} holds no key", self.store.dir().display())),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}
+
+/// The configuration and keys the running state was built from.
+pub(crate) struct Running {
+    pub(crate) config: Config,
+    pub(crate) keys: KeySet,
+}
+
+/// Settings no reload changes: the runtime's own, then the mode's.
+fn restart_only<S: Service>(running: &Config, new: &Config) -> Vec<&'static str> {
+    let mut v = Vec::new();
+    for (name, changed) in [
+        ("keys_dir", running.keys_dir != new.keys_dir),
+        ("key_group", running.key_group != new.key_group),
+        ("user", running.user != new.user),
+        ("group", running.group != new.group),
+    ] {
+        if changed {
+            v.push(name);
+        }
+    }
+    v.extend(S::restart_only(running, new));
+    v
+}
+
+/// One reload: the configuration too (SIGHUP) or the keys alone (their directory
+/// changed). What cannot be loaded or built is logged and the running one kept.
+pub(crate) fn reload<S: Service>(server: &Server<S>, source: &Source, running: &mut Running, config_too: bool) {
+    let name = S::NAME;
+    let mut config = None;
+    if config_too {
+        match source.load_config() {
+            Ok(c) => match server.service.refuse_change(&running.config, &c) {
+                Some(why) => crate::logln!("{name}: configuration not reloaded: {why}"),
+                None => {
+                    for what in restart_only::<S>(&running.config, &c) {
+                        crate::logln!("{name}: {what} changed: takes effect at the next restart");
+                    }
+                    config = Some(c);
+                }
+            },
+            Err(e) => crate::logln!("{name}: configuration not reloaded: {e}; keeping the old one"),
+        }
+    }
+    let keys = match source.load_keys() {
+        Ok(k) => Some(k),
+        Err(e) => {
+            crate::logln!("{name}: keys not reloaded: {e}; keeping the old set");
+            None
+        }
+    };
+    if let Some(c) = config {
+        match server.service.build(&c, keys.as_ref().unwrap_or(&running.keys)) {
+            Ok(state) => {
+                server.service.loaded(&state);
+                server.replace(state);
+                running.config = c;
+                let what = match keys {
+                    Some(k) => {
+                        running.keys = k;
+                        "configuration and keys"
+                    }
+                    None => "configuration",
+                };
+                crate::logln!("{name}: reloaded ({what}) from {}", source.config.display());
+                return;
+            }
+            Err(e) => crate::logln!("{name}: configuration not reloaded: {e}; keeping the old one"),
+        }
+    }
+    let Some(keys) = keys else {
+        crate::logln!("{name}: not reloaded: keeping the running configuration and keys");
+        return;
+    };
+    match server.service.build(&running.config, &keys) {
+        Ok(state) => {
+            server.service.loaded(&state);
+            server.replace(state);
+            running.keys = keys;
+            crate::logln!("{name}: reloaded (keys) from {}", source.store.dir().display());
+        }
+        Err(e) => crate::logln!("{name}: not reloaded: {e}"),
+    }
+}
