@@ -12,6 +12,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use super::KeyError;
+use crate::core::nss::{group_id, group_name, user_name};
 
 pub(super) fn effective_uid() -> u32 {
     // SAFETY: a plain getter.
@@ -105,70 +106,9 @@ pub(super) fn read_only_fs(path: &Path) -> io::Result<bool> {
     Ok(st.f_flag & libc::ST_RDONLY != 0)
 }
 
-/// An entry of the user or group database, looked up by `call` (a `get*_r` function) into
-/// a buffer of its own; `read` sees it while the buffer its strings point into lives.
-fn nss_entry<E: NssEntry, T>(
-    call: impl FnOnce(*mut E, *mut libc::c_char, usize, *mut *mut E) -> libc::c_int,
-    read: impl FnOnce(&E) -> T,
-) -> Option<T> {
-    // SAFETY: NssEntry types are plain C structs, for which all zeros is a valid value.
-    let mut entry: E = unsafe { std::mem::zeroed() };
-    let mut buf = vec![0 as libc::c_char; 16 * 1024];
-    let mut result: *mut E = std::ptr::null_mut();
-    let rc = call(&mut entry, buf.as_mut_ptr(), buf.len(), &mut result);
-    (rc == 0 && !result.is_null()).then(|| read(&entry))
-}
-
-/// The structs `nss_entry` may zero.
-trait NssEntry {}
-impl NssEntry for libc::passwd {}
-impl NssEntry for libc::group {}
-
-/// A string of an entry `nss_entry` found.
-///
-/// # Safety
-/// `p` is one of the entry's string fields, read inside `nss_entry`'s `read` (while the
-/// buffer it points into lives).
-unsafe fn entry_str(p: *const libc::c_char) -> String {
-    // SAFETY: per the contract, NUL-terminated text in a live buffer.
-    unsafe { std::ffi::CStr::from_ptr(p) }.to_string_lossy().into_owned()
-}
-
-/// A user's name and uid for messages ("nobody (uid 65534)"), or the uid alone.
-fn user_name(uid: u32) -> String {
-    // SAFETY: the pointers nss_entry passes are valid for the call.
-    nss_entry(
-        |pw, buf, len, res| unsafe { libc::getpwuid_r(uid, pw, buf, len, res) },
-        // SAFETY: inside read, a field of the entry.
-        |pw: &libc::passwd| format!("{} (uid {uid})", unsafe { entry_str(pw.pw_name) }),
-    )
-    .unwrap_or_else(|| format!("uid {uid}"))
-}
-
-/// A group's name, or its number if it has none.
-fn group_name(gid: u32) -> String {
-    // SAFETY: the pointers nss_entry passes are valid for the call.
-    nss_entry(
-        |gr, buf, len, res| unsafe { libc::getgrgid_r(gid, gr, buf, len, res) },
-        // SAFETY: inside read, a field of the entry.
-        |gr: &libc::group| unsafe { entry_str(gr.gr_name) },
-    )
-    .unwrap_or_else(|| gid.to_string())
-}
-
+/// `key_group`'s gid (a name, or a number).
 pub(super) fn lookup_group(name: &str) -> Result<u32, KeyError> {
-    // A number is a gid (a container's fsGroup often has no name in /etc/group).
-    if let Ok(gid) = name.parse::<u32>() {
-        return Ok(gid);
-    }
-    let unknown = || KeyError::UnknownGroup(name.to_string());
-    let cname = std::ffi::CString::new(name).map_err(|_| unknown())?;
-    // SAFETY: the pointers nss_entry passes are valid for the call; cname outlives it.
-    nss_entry(
-        |gr, buf, len, res| unsafe { libc::getgrnam_r(cname.as_ptr(), gr, buf, len, res) },
-        |gr: &libc::group| gr.gr_gid,
-    )
-    .ok_or_else(unknown)
+    group_id(name).ok_or_else(|| KeyError::UnknownGroup(name.to_string()))
 }
 
 #[cfg(test)]
