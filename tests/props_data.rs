@@ -33,7 +33,7 @@ fn block_on<F: std::future::Future>(f: F) -> F::Output {
 }
 
 /// Relay `input` through a reader of `capacity`, first in stages of `budgets` octets
-/// (as session.rs's hold does), then to the end. Also: the input octets read at each pause.
+/// (as session/data.rs's hold does), then to the end. Also: the input octets read at each pause.
 fn relay(input: &[u8], capacity: usize, budgets: &[u64]) -> (Run, Vec<usize>) {
     block_on(async {
         let mut r = BufReader::with_capacity(capacity, input);

@@ -1,5 +1,5 @@
 //! A model of DATA as batv relays it, written line by line (unlike the scanner's state
-//! machine in src/smtp.rs), and of the message as MTAs read it. Standalone, so that a test
+//! machine in src/smtp/data.rs), and of the message as MTAs read it. Standalone, so that a test
 //! may include it alone with `#[path]`.
 #![allow(dead_code)]
 
