@@ -304,6 +304,8 @@ fn a_recipient_cannot_add_log_fields() {
         let r = site.transaction(A, "", &[&format!("<{rcpt}>")], "inject");
         assert!(r[1].starts_with('5') && r[1].contains("(BATV)"), "refused by the policy: {r:#?}");
 
+        // The log is read from a pipe: wait for the line rather than race its reader.
+        site.daemon.wait_log("bounce-ok reason=valid", 1);
         let log = site.daemon.log();
         let lines: Vec<&str> = log.lines().filter(|l| l.contains("bounce-ok reason=valid")).collect();
         assert_eq!(lines.len(), 1, "{log}");

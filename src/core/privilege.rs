@@ -28,21 +28,20 @@ pub fn drop_privileges() -> std::io::Result<()> {
 pub const SAFE_ENV: &[&str] = &["TZ", "LANG", "LC_ALL", "LC_CTYPE"];
 pub const SAFE_PATH: &str = "/usr/sbin:/usr/bin:/sbin:/bin";
 
-/// Who a daemon runs as after [`drop_to`].
+/// Who a daemon will run as.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RunAs {
     /// Not started as root: nothing to drop.
     Unchanged,
-    /// Root, and no `user` configured: it stays root (and says so).
+    /// Root, and no `user` configured (or `user` is root): it stays root, and says so.
     Root,
-    /// Now this user and group, with the user's supplementary groups.
-    Dropped { user: String, uid: u32, gid: u32 },
+    /// This user and group, with the user's supplementary groups.
+    User { user: crate::core::nss::User, gid: u32 },
 }
 
-/// Started as root: become `user` (with `group`, else the user's own group, and the
-/// user's supplementary groups, so that `key_group` membership still reads the keys),
-/// for good. Called once the sockets are bound and before any thread is started.
-pub fn drop_to(user: Option<&str>, group: Option<&str>) -> Result<RunAs, String> {
+/// Whom to become: `user` (a name or uid) with `group` (default: the user's own), when
+/// started as root. Asked before the sockets are bound, so a wrong name fails early.
+pub fn run_as(user: Option<&str>, group: Option<&str>) -> Result<RunAs, String> {
     // SAFETY: plain getter.
     if unsafe { libc::geteuid() } != 0 {
         return Ok(RunAs::Unchanged);
@@ -58,7 +57,18 @@ pub fn drop_to(user: Option<&str>, group: Option<&str>) -> Result<RunAs, String>
     if u.uid == 0 {
         return Ok(RunAs::Root);
     }
-    let cname = std::ffi::CString::new(u.name.clone()).map_err(|_| format!("user {name:?}: bad name"))?;
+    Ok(RunAs::User { user: u, gid })
+}
+
+/// Become the user of [`run_as`] for good (with its supplementary groups, so that
+/// `key_group` membership still reads the keys). Called once the sockets are bound and
+/// before any thread is started.
+pub fn drop_to(to: &RunAs) -> Result<(), String> {
+    let RunAs::User { user: u, gid } = to else {
+        return Ok(());
+    };
+    let gid = *gid;
+    let cname = std::ffi::CString::new(u.name.clone()).map_err(|_| format!("user {:?}: bad name", u.name))?;
     let fail = |what: &str| format!("{what}: {}", std::io::Error::last_os_error());
     // SAFETY: plain syscalls; cname is a NUL-terminated string that outlives the call.
     unsafe {
@@ -76,9 +86,5 @@ pub fn drop_to(user: Option<&str>, group: Option<&str>) -> Result<RunAs, String>
             return Err("privileges still held after the drop".into());
         }
     }
-    Ok(RunAs::Dropped {
-        user: u.name,
-        uid: u.uid,
-        gid,
-    })
+    Ok(())
 }

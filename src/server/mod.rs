@@ -11,6 +11,8 @@
 pub mod listen;
 pub mod metrics;
 mod reload;
+#[cfg(test)]
+mod tests;
 
 use std::future::Future;
 use std::io;
@@ -151,8 +153,10 @@ pub fn launch<S: Service, B: FnOnce() -> io::Result<Vec<Bound>>>(
     source: Source,
     how: Launch<B>,
 ) -> Result<(), StartError> {
+    use crate::core::privilege::{self, RunAs};
     let name = S::NAME;
     let server = Server::new(service, &config, &keys).map_err(StartError::Config)?;
+    let run_as = privilege::run_as(config.user.as_deref(), config.group.as_deref()).map_err(StartError::Config)?;
     let (listeners, metrics) = match listen::activated()? {
         Some(passed) => {
             let (m, l): (Vec<Bound>, Vec<Bound>) = passed.into_iter().partition(|b| b.fd_name.as_deref() == Some("metrics"));
@@ -173,14 +177,15 @@ pub fn launch<S: Service, B: FnOnce() -> io::Result<Vec<Bound>>>(
             return Err(StartError::Config(format!("{name} serves TCP only, not {}", b.name)));
         }
     }
-    match crate::core::privilege::drop_to(config.user.as_deref(), config.group.as_deref()).map_err(StartError::Config)? {
-        crate::core::privilege::RunAs::Dropped { user, uid, gid } => {
-            crate::logln!("{name}: running as user {user} (uid {uid}, gid {gid})");
+    privilege::drop_to(&run_as).map_err(StartError::Config)?;
+    match &run_as {
+        RunAs::User { user, gid } => {
+            crate::logln!("{name}: running as user {} (uid {}, gid {gid})", user.name, user.uid);
         }
-        crate::core::privilege::RunAs::Root => crate::logln!(
+        RunAs::Root => crate::logln!(
             "{name}: warning: running as root: set user (and key_group) in the configuration to drop root once the sockets are bound"
         ),
-        crate::core::privilege::RunAs::Unchanged => {}
+        RunAs::Unchanged => {}
     }
     let plan = Plan {
         listeners,
@@ -199,15 +204,45 @@ pub fn launch<S: Service, B: FnOnce() -> io::Result<Vec<Bound>>>(
 /// How often the keys directory is looked at.
 const KEY_POLL: Duration = Duration::from_secs(2);
 
-/// Serve until SIGTERM or SIGINT, then stop accepting, tell connections to stop, and
-/// wait for them as long as the mode says. Inside a tokio runtime.
+/// What a signal asks of a running server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    /// SIGHUP: configuration, certificate and keys again.
+    Reload,
+    /// SIGUSR1: the counters into the log.
+    Counters,
+    /// SIGTERM or SIGINT.
+    Stop,
+}
+
+/// Serve until SIGTERM or SIGINT (see [`serve`]). Inside a tokio runtime.
 pub async fn run<S: Service>(server: Arc<Server<S>>, plan: Plan) -> io::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
-    let name = S::NAME;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
     let mut usr1 = signal(SignalKind::user_defined1())?;
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    tokio::spawn(async move {
+        loop {
+            let e = tokio::select! {
+                _ = hup.recv() => Event::Reload,
+                _ = usr1.recv() => Event::Counters,
+                _ = term.recv() => Event::Stop,
+                _ = int.recv() => Event::Stop,
+            };
+            if tx.send(e).await.is_err() {
+                return;
+            }
+        }
+    });
+    serve(server, plan, rx).await
+}
+
+/// Serve until [`Event::Stop`] (or the end of `events`), then stop accepting, tell
+/// connections to stop, and wait for them as long as the mode says.
+pub async fn serve<S: Service>(server: Arc<Server<S>>, plan: Plan, mut events: tokio::sync::mpsc::Receiver<Event>) -> io::Result<()> {
+    let name = S::NAME;
     let limit = Arc::new(Semaphore::new(plan.max_connections));
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut names = Vec::new();
@@ -241,10 +276,16 @@ pub async fn run<S: Service>(server: Arc<Server<S>>, plan: Plan) -> io::Result<(
     let mut last = source.store.stamp();
     loop {
         tokio::select! {
-            _ = hup.recv() => {
-                reload::reload(&server, &source, &mut running, true);
-                last = source.store.stamp();
-            }
+            e = events.recv() => match e {
+                Some(Event::Reload) => {
+                    reload::reload(&server, &source, &mut running, true);
+                    last = source.store.stamp();
+                }
+                Some(Event::Counters) => {
+                    crate::core::log::line(format_args!("{}", server.service.render_metrics().trim_end()));
+                }
+                Some(Event::Stop) | None => break,
+            },
             _ = poll.tick() => {
                 let now = source.store.stamp();
                 if now != last {
@@ -252,9 +293,6 @@ pub async fn run<S: Service>(server: Arc<Server<S>>, plan: Plan) -> io::Result<(
                     reload::reload(&server, &source, &mut running, false);
                 }
             }
-            _ = usr1.recv() => crate::core::log::line(format_args!("{}", server.service.render_metrics().trim_end())),
-            _ = term.recv() => break,
-            _ = int.recv() => break,
         }
     }
     let _ = stop_tx.send(true);

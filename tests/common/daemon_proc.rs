@@ -253,13 +253,7 @@ impl Daemon {
     }
 
     pub fn tcp(&self) -> Client {
-        let s = TcpStream::connect(self.tcp).unwrap();
-        s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-        s.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
-        Client {
-            r: BufReader::new(Box::new(s)),
-            name: "tcp",
-        }
+        Client::tcp(self.tcp)
     }
 
     /// One new connection on each listener.
@@ -352,6 +346,16 @@ pub struct Client {
 }
 
 impl Client {
+    pub fn tcp(addr: std::net::SocketAddr) -> Client {
+        let s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        s.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
+        Client {
+            r: BufReader::new(Box::new(s)),
+            name: "tcp",
+        }
+    }
+
     pub fn unix(path: &Path) -> Client {
         let s = UnixStream::connect(path).unwrap_or_else(|e| panic!("connect {}: {e}", path.display()));
         s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();

@@ -1,0 +1,242 @@
+//! The server runtime from outside, on the real binary: sockets handed over by systemd
+//! (`LISTEN_FDS`), and a daemon started as root binding a privileged port, then running
+//! as its configured user (keys read through `key_group` on reload). Loopback only,
+//! bounded in time; every process is stopped by its PID.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, Stdio};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::daemon_proc::*;
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+/// A started batv and its log.
+struct Proc {
+    child: Child,
+    log: Arc<Mutex<String>>,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Proc {
+    fn spawn(mut cmd: Command) -> Proc {
+        // SAFETY: prctl is async-signal-safe and touches only the new process.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let err = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, lines) = mpsc::channel();
+        let l = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                l.lock().unwrap().push_str(&format!("{line}\n"));
+                let _ = tx.send(line);
+            }
+        });
+        Proc { child, log, lines }
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Wait for a log line containing `needle`; the line.
+    fn wait_line(&self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) if l.contains(needle) => return l,
+                Ok(_) => {}
+                Err(_) => panic!("{needle:?} not logged: {}", self.log()),
+            }
+        }
+    }
+
+    fn signal(&self, sig: i32) {
+        // SAFETY: a signal to our own child, by its PID.
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+
+    /// SIGTERM, then the exit status within 10 s.
+    fn stop(&mut self) -> std::process::ExitStatus {
+        self.signal(libc::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "did not stop: {}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- log ---\n{}", self.log());
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The uids of a process (real, effective, saved, fs), from /proc.
+fn uids(pid: u32) -> Vec<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    line.split_whitespace().skip(1).map(|n| n.parse().unwrap()).collect()
+}
+
+fn is_root() -> bool {
+    // SAFETY: plain getter.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// `batv daemon` handed a listening unix socket on fd 3, as systemd does: it serves it,
+/// names it in the log, and leaves the socket file (systemd's) in place when it stops.
+#[test]
+fn a_daemon_serves_the_socket_systemd_passes() {
+    bounded(LIMIT, || {
+        let store = Store::new("");
+        let path = store.dir.path().join("passed.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let fd = listener.as_raw_fd();
+        // The configured listener must not be used when sockets are passed.
+        let unused = store.dir.path().join("configured.sock");
+        let mut cmd = Command::new("/bin/sh");
+        // LISTEN_PID must be the daemon's own pid: the shell's, kept by exec.
+        cmd.arg("-c")
+            .arg("LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=batv exec \"$0\" \"$@\"")
+            .arg(BIN)
+            .arg("--config")
+            .arg(&store.config)
+            .arg("--keys")
+            .arg(&store.keys)
+            .args(["--now", NOW, "daemon", "--listen"])
+            .arg(format!("unix:{}", unused.display()));
+        // SAFETY: dup2 is async-signal-safe; fd stays open in the parent until spawn returns.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::dup2(fd, 3) != 3 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut d = Proc::spawn(cmd);
+        drop(listener);
+        d.wait_line("1 socket(s) from systemd");
+        d.wait_line(&format!("listening on unix:{}", path.display()));
+        let mut c = Client::unix(&path);
+        let signed = c.lookup("sign", "bob@example.org");
+        assert_eq!(signed, format!("OK {}", store.sign(NOW, "bob@example.org")));
+        assert!(!unused.exists(), "the configured socket was bound too");
+        drop(c);
+        assert!(d.stop().success(), "{}", d.log());
+        assert!(path.exists(), "systemd's socket file is not the daemon's to remove");
+        assert!(!d.log().contains("LISTEN_"), "{}", d.log());
+    });
+}
+
+/// Started as root with `user`: the daemon binds a port below 1024 first, then runs as
+/// that user for good (every uid, and no way back), and a SIGHUP reads the 0640 keys
+/// through key_group.
+#[test]
+fn root_binds_then_runs_as_its_user() {
+    if !is_root() {
+        eprintln!("skipping: needs root (CI runs as root)");
+        return;
+    }
+    bounded(LIMIT, || {
+        let store = Store::new("user = \"nobody\"\ngroup = \"nogroup\"\nkey_group = \"nogroup\"\n");
+        // The user must reach the config and the keys: the directories are
+        // root:nogroup 0750, the key files 0640 (what key_group allows).
+        let gid = 65534;
+        for d in [store.dir.path(), store.keys.as_path()] {
+            std::os::unix::fs::chown(d, Some(0), Some(gid)).unwrap();
+            std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o750)).unwrap();
+        }
+        for e in std::fs::read_dir(&store.keys).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_file() {
+                std::os::unix::fs::chown(&p, Some(0), Some(gid)).unwrap();
+                std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o640)).unwrap();
+            }
+        }
+        std::os::unix::fs::chown(&store.config, Some(0), Some(gid)).unwrap();
+        std::fs::set_permissions(&store.config, std::fs::Permissions::from_mode(0o640)).unwrap();
+        // A free privileged port on loopback.
+        let port = (600..1000)
+            .find(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
+            .expect("a free port below 1024");
+        let mut d = Proc::spawn(store.daemon_cmd(NOW, &[format!("inet:127.0.0.1:{port}")]));
+        d.wait_line("running as user nobody (uid 65534, gid 65534)");
+        d.wait_line(&format!("listening on inet:127.0.0.1:{port}"));
+        assert_eq!(uids(d.child.id()), [65534; 4], "{}", d.log());
+        let mut c = Client::tcp(([127, 0, 0, 1], port).into());
+        let signed = c.lookup("sign", "bob@example.org");
+        assert_eq!(signed, format!("OK {}", store.sign(NOW, "bob@example.org")));
+        // Reloads run as the user: the keys come through the group.
+        d.signal(libc::SIGHUP);
+        d.wait_line("reloaded (configuration and keys)");
+        assert!(!d.log().contains("not reloaded"), "{}", d.log());
+        assert_eq!(c.lookup("strip", &signed[3..]), "OK bob@example.org");
+        assert!(d.stop().success(), "{}", d.log());
+    });
+}
+
+/// As root without `user`, it runs (a container may want that) and says so.
+#[test]
+fn root_without_a_user_says_so() {
+    if !is_root() {
+        eprintln!("skipping: needs root (CI runs as root)");
+        return;
+    }
+    bounded(LIMIT, || {
+        let store = Store::new("");
+        let sock = store.dir.path().join("s");
+        let mut d = Proc::spawn(store.daemon_cmd(NOW, &[format!("unix:{}", sock.display())]));
+        d.wait_line("warning: running as root: set user");
+        d.wait_line("listening on unix:");
+        assert!(d.stop().success(), "{}", d.log());
+        assert!(!sock.exists(), "its own socket is removed when it stops");
+    });
+}
+
+/// A user that does not exist is a configuration error (78), before anything is served.
+#[test]
+fn an_unknown_user_is_a_configuration_error() {
+    if !is_root() {
+        eprintln!("skipping: needs root (CI runs as root)");
+        return;
+    }
+    bounded(LIMIT, || {
+        let store = Store::new("user = \"no-such-user-batv\"\n");
+        let sock = store.dir.path().join("s");
+        let o = common::run_bounded(
+            store.daemon_cmd(NOW, &[format!("unix:{}", sock.display())]),
+            b"",
+            Duration::from_secs(15),
+        );
+        assert_eq!(o.code, 78, "{}", o.stderr);
+        assert!(o.stderr.contains("no-such-user-batv"), "{}", o.stderr);
+    });
+}
