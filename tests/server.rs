@@ -5,11 +5,10 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -25,30 +24,8 @@ struct Proc {
 }
 
 impl Proc {
-    fn spawn(mut cmd: Command) -> Proc {
-        // SAFETY: prctl is async-signal-safe and touches only the new process.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let err = child.stderr.take().unwrap();
-        let log = Arc::new(Mutex::new(String::new()));
-        let (tx, lines) = mpsc::channel();
-        let l = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(err).lines().map_while(Result::ok) {
-                l.lock().unwrap().push_str(&format!("{line}\n"));
-                let _ = tx.send(line);
-            }
-        });
+    fn spawn(cmd: Command) -> Proc {
+        let (child, log, lines) = spawn_logged(cmd);
         Proc { child, log, lines }
     }
 
@@ -135,7 +112,13 @@ fn a_daemon_serves_the_socket_systemd_passes() {
         // SAFETY: dup2 is async-signal-safe; fd stays open in the parent until spawn returns.
         unsafe {
             cmd.pre_exec(move || {
-                if libc::dup2(fd, 3) != 3 {
+                // dup2 onto itself would keep close-on-exec: clear it instead.
+                let ok = if fd == 3 {
+                    libc::fcntl(3, libc::F_SETFD, 0) == 0
+                } else {
+                    libc::dup2(fd, 3) == 3
+                };
+                if !ok {
                     return Err(std::io::Error::last_os_error());
                 }
                 Ok(())
@@ -238,5 +221,41 @@ fn an_unknown_user_is_a_configuration_error() {
         );
         assert_eq!(o.code, 78, "{}", o.stderr);
         assert!(o.stderr.contains("no-such-user-batv"), "{}", o.stderr);
+    });
+}
+
+/// `[daemon] metrics_listen`: the daemon's counters over HTTP on loopback, as the proxy's.
+#[test]
+fn the_daemon_serves_its_counters() {
+    bounded(LIMIT, || {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let d = Daemon::start(&format!("[daemon]\nmetrics_listen = \"127.0.0.1:{port}\"\n"));
+        d.wait_log(&format!("metrics on http://127.0.0.1:{port}/metrics"), 1);
+        let signed = d.unix().lookup("sign", "bob@example.org");
+        assert!(signed.starts_with("OK prvs="), "{signed}");
+        let get = || {
+            use std::io::{Read, Write};
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+            let mut out = String::new();
+            s.read_to_string(&mut out).unwrap();
+            out
+        };
+        let out = get();
+        assert!(out.starts_with("HTTP/1.0 200 OK\r\n"), "{out}");
+        for line in [
+            "batv_daemon_connections_total 1\n",
+            "batv_daemon_lookups_total{map=\"sign\",result=\"ok\"} 1\n",
+            "batv_daemon_lookups_total{map=\"strip\",result=\"ok\"} 0\n",
+            "# EOF\n",
+        ] {
+            assert!(out.contains(line), "{line:?} in {out}");
+        }
+        // Only loopback may serve them.
+        let store = Store::without_keys("[daemon]\nmetrics_listen = \"192.0.2.1:9100\"\n");
+        let o = store.batv(NOW, &["config", "check"]);
+        assert_eq!(o.code, 78, "{}", o.stderr);
+        assert!(o.stderr.contains("loopback only"), "{}", o.stderr);
     });
 }

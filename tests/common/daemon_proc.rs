@@ -146,6 +146,29 @@ impl Drop for Daemon {
     }
 }
 
+/// Start `cmd` (killed with the test process), its stderr collected into a log and sent
+/// line by line.
+pub fn spawn_logged(mut cmd: Command) -> (Child, Arc<Mutex<String>>, mpsc::Receiver<String>) {
+    die_with_parent(&mut cmd);
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let err = child.stderr.take().unwrap();
+    let log = Arc::new(Mutex::new(String::new()));
+    let (tx, rx) = mpsc::channel::<String>();
+    let l = log.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(err).lines().map_while(Result::ok) {
+            l.lock().unwrap().push_str(&format!("{line}\n"));
+            let _ = tx.send(line);
+        }
+    });
+    (child, log, rx)
+}
+
 /// Kill the child when the thread that started it ends (the test process included),
 /// whatever happens to the test.
 fn die_with_parent(cmd: &mut Command) {
@@ -169,24 +192,7 @@ impl Daemon {
     pub fn start_at(store: Store, now: &str) -> Daemon {
         let sock = store.dir.path().join("sock");
         let listen = [format!("unix:{}", sock.display()), "inet:127.0.0.1:0".to_string()];
-        let mut cmd = store.daemon_cmd(now, &listen);
-        die_with_parent(&mut cmd);
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let err = child.stderr.take().unwrap();
-        let log = Arc::new(Mutex::new(String::new()));
-        let (tx, rx) = mpsc::channel::<String>();
-        let l = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(err).lines().map_while(Result::ok) {
-                l.lock().unwrap().push_str(&format!("{line}\n"));
-                let _ = tx.send(line);
-            }
-        });
+        let (mut child, log, rx) = spawn_logged(store.daemon_cmd(now, &listen));
         let deadline = Instant::now() + Duration::from_secs(10);
         let mut tcp = None;
         let mut unix = false;
