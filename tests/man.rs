@@ -98,6 +98,10 @@ fn config_man_page_names_every_key() {
         ..Default::default()
     };
     c.sendmail.default_domain = Some("example.com".into());
+    c.user = Some("batv".into());
+    c.group = Some("batv".into());
+    c.daemon.socket_group = Some("postfix".into());
+    c.daemon.metrics_listen = Some("127.0.0.1:9126".parse().unwrap());
     c.proxy.enforce_after = Some("2026-12-01".into());
     c.proxy.tls_cert = Some("/c".into());
     c.proxy.tls_key = Some("/k".into());

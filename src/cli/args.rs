@@ -84,10 +84,16 @@ proxy.enforce = false, or a future enforce_after date, refuses nothing and chang
 in the dialogue, not even a 452 (monitor mode): it logs and adds one X-BATV: header to
 each bounce, with each verdict's count when they differ. Sign for at least one tag lifetime before
 enforcing. One key=value line per decision goes to stderr. SIGUSR1 prints counters per
-verdict and per key id (also served as Prometheus text on metrics_listen). SIGHUP reloads
+verdict and per key id (also served as OpenMetrics text on metrics_listen). SIGHUP reloads
 configuration, certificate and keys without touching running sessions (the keys also when
-their directory changes; a bad new file keeps the old one); SIGTERM stops accepting and
-lets sessions finish. The proxy never creates a key: without one it exits 78.
+their directory changes; each part all or nothing, a bad new file keeps the old one; one
+closing line says what was taken); SIGTERM stops accepting and lets sessions finish. The
+proxy never creates a key: without one it exits 78.
+
+Running: sockets passed by systemd (LISTEN_FDS, a .socket unit; one named \"metrics\"
+serves the counters) replace proxy.listen. Started as root, it binds first and then runs
+as `user` (and `group`) from the configuration; as root without `user` it says so in the
+log. Log lines start with an RFC 3339 time, except when stderr is journald's.
 
 Optional DATA check (data_check = true), for backscatter that does not use the null sender
 (broken MTAs, auto-responders, challenge-response systems): mail from any other sender to
@@ -154,8 +160,16 @@ bad-signature, ...; DUNNO monitor REASON when not enforcing). With CLIENT (an IP
 invalid tags count against it, and once max_failed_tags are used up the answer is DEFER
 too-many-invalid-tags.
 
-Keys and configuration reload on SIGHUP, and the keys also when their directory changes;
-SIGUSR1 logs the counters; SIGTERM stops. The daemon never creates a key (exit 78).";
+Keys and configuration reload on SIGHUP, and the keys also when their directory changes
+(each part all or nothing, one closing line); SIGUSR1 logs the counters, which
+daemon.metrics_listen also serves over HTTP; SIGTERM stops. The daemon never creates a key
+(exit 78).
+
+Running: sockets passed by systemd (LISTEN_FDS, a .socket unit; one named \"metrics\"
+serves the counters) replace daemon.listen. Started as root, it binds first and then runs
+as `user` (and `group`) from the configuration, reading the keys through key_group on
+reloads; as root without `user` it says so in the log. Log lines start with an RFC 3339
+time, except when stderr is journald's.";
 
 const DAEMON_DEPLOY: &str = "\
 Postfix (socket daemon.listen = [\"unix:/var/spool/postfix/batv/batv.sock\"]; smtpd and
