@@ -87,21 +87,25 @@ fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-/// `batv daemon` handed a listening unix socket on fd 3, as systemd does: it serves it,
-/// names it in the log, and leaves the socket file (systemd's) in place when it stops.
+/// `batv daemon` handed two listening sockets from fd 3 on, as systemd does: a unix
+/// socket it serves, and a TCP one named `metrics` that serves the counters. It names
+/// them in the log, binds nothing of its own, and leaves the socket file (systemd's) in
+/// place when it stops.
 #[test]
-fn a_daemon_serves_the_socket_systemd_passes() {
+fn a_daemon_serves_the_sockets_systemd_passes() {
     bounded(LIMIT, || {
         let store = Store::new("");
         let path = store.dir.path().join("passed.sock");
         let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
-        let fd = listener.as_raw_fd();
+        let metrics = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let metrics_addr = metrics.local_addr().unwrap();
+        let fds = [listener.as_raw_fd(), metrics.as_raw_fd()];
         // The configured listener must not be used when sockets are passed.
         let unused = store.dir.path().join("configured.sock");
         let mut cmd = Command::new("/bin/sh");
         // LISTEN_PID must be the daemon's own pid: the shell's, kept by exec.
         cmd.arg("-c")
-            .arg("LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=batv exec \"$0\" \"$@\"")
+            .arg("LISTEN_PID=$$ LISTEN_FDS=2 LISTEN_FDNAMES=batv:metrics exec \"$0\" \"$@\"")
             .arg(BIN)
             .arg("--config")
             .arg(&store.config)
@@ -109,34 +113,55 @@ fn a_daemon_serves_the_socket_systemd_passes() {
             .arg(&store.keys)
             .args(["--now", NOW, "daemon", "--listen"])
             .arg(format!("unix:{}", unused.display()));
-        // SAFETY: dup2 is async-signal-safe; fd stays open in the parent until spawn returns.
+        // SAFETY: dup, dup2 and close are async-signal-safe; the descriptors stay open in
+        // the parent until spawn returns.
         unsafe {
             cmd.pre_exec(move || {
-                // dup2 onto itself would keep close-on-exec: clear it instead.
-                let ok = if fd == 3 {
-                    libc::fcntl(3, libc::F_SETFD, 0) == 0
-                } else {
-                    libc::dup2(fd, 3) == 3
-                };
-                if !ok {
-                    return Err(std::io::Error::last_os_error());
+                // Out of the way first (a source may already be 3 or 4), then into place,
+                // without close-on-exec.
+                for (i, fd) in fds.iter().enumerate() {
+                    let high = 200 + i as i32;
+                    if libc::dup2(*fd, high) != high {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                for i in 0..2 {
+                    if libc::dup2(200 + i, 3 + i) != 3 + i {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    libc::close(200 + i);
                 }
                 Ok(())
             });
         }
         let mut d = Proc::spawn(cmd);
         drop(listener);
-        d.wait_line("1 socket(s) from systemd");
+        drop(metrics);
+        d.wait_line("2 socket(s) from systemd");
+        d.wait_line(&format!("metrics on http://{metrics_addr}/metrics"));
         d.wait_line(&format!("listening on unix:{}", path.display()));
         let mut c = Client::unix(&path);
         let signed = c.lookup("sign", "bob@example.org");
         assert_eq!(signed, format!("OK {}", store.sign(NOW, "bob@example.org")));
         assert!(!unused.exists(), "the configured socket was bound too");
+        let out = http_get(metrics_addr);
+        assert!(out.contains("batv_daemon_lookups_total{map=\"sign\",result=\"ok\"} 1\n"), "{out}");
         drop(c);
         assert!(d.stop().success(), "{}", d.log());
         assert!(path.exists(), "systemd's socket file is not the daemon's to remove");
         assert!(!d.log().contains("LISTEN_"), "{}", d.log());
     });
+}
+
+/// GET /metrics: the whole HTTP answer.
+fn http_get(addr: std::net::SocketAddr) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
 }
 
 /// Started as root with `user`: the daemon binds a port below 1024 first, then runs as
@@ -233,16 +258,7 @@ fn the_daemon_serves_its_counters() {
         d.wait_log(&format!("metrics on http://127.0.0.1:{port}/metrics"), 1);
         let signed = d.unix().lookup("sign", "bob@example.org");
         assert!(signed.starts_with("OK prvs="), "{signed}");
-        let get = || {
-            use std::io::{Read, Write};
-            let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-            s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
-            let mut out = String::new();
-            s.read_to_string(&mut out).unwrap();
-            out
-        };
-        let out = get();
+        let out = http_get(([127, 0, 0, 1], port).into());
         assert!(out.starts_with("HTTP/1.0 200 OK\r\n"), "{out}");
         for line in [
             "batv_daemon_connections_total 1\n",
