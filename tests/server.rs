@@ -102,38 +102,7 @@ fn a_daemon_serves_the_sockets_systemd_passes() {
         let fds = [listener.as_raw_fd(), metrics.as_raw_fd()];
         // The configured listener must not be used when sockets are passed.
         let unused = store.dir.path().join("configured.sock");
-        let mut cmd = Command::new("/bin/sh");
-        // LISTEN_PID must be the daemon's own pid: the shell's, kept by exec.
-        cmd.arg("-c")
-            .arg("LISTEN_PID=$$ LISTEN_FDS=2 LISTEN_FDNAMES=batv:metrics exec \"$0\" \"$@\"")
-            .arg(BIN)
-            .arg("--config")
-            .arg(&store.config)
-            .arg("--keys")
-            .arg(&store.keys)
-            .args(["--now", NOW, "daemon", "--listen"])
-            .arg(format!("unix:{}", unused.display()));
-        // SAFETY: dup, dup2 and close are async-signal-safe; the descriptors stay open in
-        // the parent until spawn returns.
-        unsafe {
-            cmd.pre_exec(move || {
-                // Out of the way first (a source may already be 3 or 4), then into place,
-                // without close-on-exec.
-                for (i, fd) in fds.iter().enumerate() {
-                    let high = 200 + i as i32;
-                    if libc::dup2(*fd, high) != high {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                }
-                for i in 0..2 {
-                    if libc::dup2(200 + i, 3 + i) != 3 + i {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    libc::close(200 + i);
-                }
-                Ok(())
-            });
-        }
+        let cmd = with_sockets(&store, &fds, "batv:metrics", &unused);
         let mut d = Proc::spawn(cmd);
         drop(listener);
         drop(metrics);
@@ -150,6 +119,69 @@ fn a_daemon_serves_the_sockets_systemd_passes() {
         assert!(d.stop().success(), "{}", d.log());
         assert!(path.exists(), "systemd's socket file is not the daemon's to remove");
         assert!(!d.log().contains("LISTEN_"), "{}", d.log());
+    });
+}
+
+/// `batv daemon` as systemd starts a socket-activated service: `fds` on 3, 4, ... with
+/// their names, LISTEN_PID its own; `configured` is its --listen (which must stay unused).
+fn with_sockets(store: &Store, fds: &[i32], names: &str, configured: &std::path::Path) -> Command {
+    let mut cmd = Command::new("/bin/sh");
+    // LISTEN_PID must be the daemon's own pid: the shell's, kept by exec.
+    cmd.arg("-c")
+        .arg(format!(
+            "LISTEN_PID=$$ LISTEN_FDS={} LISTEN_FDNAMES={names} exec \"$0\" \"$@\"",
+            fds.len()
+        ))
+        .arg(BIN)
+        .arg("--config")
+        .arg(&store.config)
+        .arg("--keys")
+        .arg(&store.keys)
+        .args(["--now", NOW, "daemon", "--listen"])
+        .arg(format!("unix:{}", configured.display()));
+    let fds = fds.to_vec();
+    // SAFETY: dup2 and close are async-signal-safe; the descriptors stay open in the
+    // parent until spawn returns.
+    unsafe {
+        cmd.pre_exec(move || {
+            // Out of the way first (a source may already be 3 or 4), then into place,
+            // without close-on-exec.
+            for (i, fd) in fds.iter().enumerate() {
+                let high = 200 + i as i32;
+                if libc::dup2(*fd, high) != high {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            for i in 0..fds.len() as i32 {
+                if libc::dup2(200 + i, 3 + i) != 3 + i {
+                    return Err(std::io::Error::last_os_error());
+                }
+                libc::close(200 + i);
+            }
+            Ok(())
+        });
+    }
+    cmd
+}
+
+/// The daemon has no authentication: a TCP socket systemd passes on a public address
+/// (`ListenStream=10030` binds every interface) is refused, as `daemon.listen` refuses
+/// one, and so is a public metrics socket (exit 78, nothing served).
+#[test]
+fn passed_public_sockets_are_refused() {
+    bounded(LIMIT, || {
+        let store = Store::new("");
+        let unused = store.dir.path().join("configured.sock");
+        let public = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+        let mut d = Proc::spawn(with_sockets(&store, &[public.as_raw_fd()], "batv", &unused));
+        assert_eq!(d.child.wait().unwrap().code(), Some(78), "{}", d.log());
+        assert!(d.log().contains("serves loopback only"), "{}", d.log());
+        let sock = store.dir.path().join("ok.sock");
+        let ok = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        let fds = [ok.as_raw_fd(), public.as_raw_fd()];
+        let mut d = Proc::spawn(with_sockets(&store, &fds, "batv:metrics", &unused));
+        assert_eq!(d.child.wait().unwrap().code(), Some(78), "{}", d.log());
+        assert!(d.log().contains("the metrics socket serves loopback only"), "{}", d.log());
     });
 }
 
@@ -208,6 +240,30 @@ fn root_binds_then_runs_as_its_user() {
         assert!(!d.log().contains("not reloaded"), "{}", d.log());
         assert_eq!(c.lookup("strip", &signed[3..]), "OK bob@example.org");
         assert!(d.stop().success(), "{}", d.log());
+    });
+}
+
+/// Started as root with `user`, but keys only root can read (no key_group): every reload
+/// would fail, so it does not start (exit 78) and says why.
+#[test]
+fn a_user_that_cannot_reload_is_refused_at_start() {
+    if !is_root() {
+        eprintln!("skipping: needs root (CI runs as root)");
+        return;
+    }
+    bounded(LIMIT, || {
+        let store = Store::new("user = \"nobody\"\n");
+        std::fs::set_permissions(store.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(&store.config, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let sock = store.dir.path().join("s");
+        let o = common::run_bounded(
+            store.daemon_cmd(NOW, &[format!("unix:{}", sock.display())]),
+            b"",
+            Duration::from_secs(15),
+        );
+        assert_eq!(o.code, 78, "{}", o.stderr);
+        assert!(o.stderr.contains("running as user nobody"), "{}", o.stderr);
+        assert!(o.stderr.contains("could not reload"), "{}", o.stderr);
     });
 }
 

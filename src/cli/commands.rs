@@ -138,6 +138,7 @@ fn proxy(ctx: Context, a: crate::cli::ProxyArgs) -> Result<u8, CliError> {
         metrics: config.proxy.metrics_listen,
         max_connections: config.proxy.max_connections.get() as usize,
         tcp_only: true,
+        loopback_only: false,
     };
     let service = Proxy::new(ctx.fixed_now.then_some(ctx.now));
     server::launch(service, config, keys, source, how).map_err(|e| start_error(&ctx, e))?;
@@ -172,6 +173,7 @@ fn daemon(ctx: Context, a: crate::cli::DaemonArgs) -> Result<u8, CliError> {
         metrics: config.daemon.metrics_listen,
         max_connections: config.daemon.max_connections.get() as usize,
         tcp_only: false,
+        loopback_only: true,
     };
     let service = Daemon::new(ctx.fixed_now.then_some(ctx.now));
     server::launch(service, config, keys, source, how).map_err(|e| start_error(&ctx, e))?;

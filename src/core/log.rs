@@ -10,6 +10,7 @@
 
 use std::fmt;
 use std::io::Write;
+use std::os::fd::AsFd;
 use std::sync::OnceLock;
 
 /// Whether log lines carry their own time.
@@ -23,12 +24,7 @@ fn stamped() -> bool {
 /// stderr's device and inode.
 fn stderr_id() -> Option<(u64, u64)> {
     use std::os::unix::fs::MetadataExt;
-    // /proc is not needed: fstat on fd 2, through a File that is never closed.
-    let f = std::mem::ManuallyDrop::new(unsafe {
-        // SAFETY: fd 2 is open for the life of the process (or fstat fails harmlessly);
-        // ManuallyDrop keeps it from being closed.
-        <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(2)
-    });
+    let f = std::fs::File::from(std::io::stderr().as_fd().try_clone_to_owned().ok()?);
     f.metadata().ok().map(|m| (m.dev(), m.ino()))
 }
 

@@ -2,23 +2,36 @@
 //! daemon's drop to its user.
 
 /// An entry of the user or group database, looked up by `call` (a `get*_r` function) into
-/// a buffer of its own; `read` sees it while the buffer its strings point into lives.
+/// a buffer of its own, grown while the entry does not fit (a group of many members);
+/// `read` sees it while the buffer its strings point into lives.
 pub(crate) fn nss_entry<E: NssEntry, T>(
-    call: impl FnOnce(*mut E, *mut libc::c_char, usize, *mut *mut E) -> libc::c_int,
+    mut call: impl FnMut(*mut E, *mut libc::c_char, usize, *mut *mut E) -> libc::c_int,
     read: impl FnOnce(&E) -> T,
 ) -> Option<T> {
-    // SAFETY: NssEntry types are plain C structs, for which all zeros is a valid value.
-    let mut entry: E = unsafe { std::mem::zeroed() };
-    let mut buf = vec![0 as libc::c_char; 16 * 1024];
-    let mut result: *mut E = std::ptr::null_mut();
-    let rc = call(&mut entry, buf.as_mut_ptr(), buf.len(), &mut result);
-    (rc == 0 && !result.is_null()).then(|| read(&entry))
+    let mut size = 16 * 1024;
+    loop {
+        // SAFETY: NssEntry types are plain C structs, for which all zeros is a valid value.
+        let mut entry: E = unsafe { std::mem::zeroed() };
+        let mut buf = vec![0 as libc::c_char; size];
+        let mut result: *mut E = std::ptr::null_mut();
+        let rc = call(&mut entry, buf.as_mut_ptr(), buf.len(), &mut result);
+        if rc == libc::ERANGE && size < 1 << 20 {
+            size *= 4;
+            continue;
+        }
+        return (rc == 0 && !result.is_null()).then(|| read(&entry));
+    }
 }
 
 /// The structs `nss_entry` may zero.
-pub(crate) trait NssEntry {}
-impl NssEntry for libc::passwd {}
-impl NssEntry for libc::group {}
+///
+/// # Safety
+/// Only plain C structs for which all zero bytes are a valid value.
+pub(crate) unsafe trait NssEntry {}
+// SAFETY: C structs of integers and pointers.
+unsafe impl NssEntry for libc::passwd {}
+// SAFETY: as above.
+unsafe impl NssEntry for libc::group {}
 
 /// A string of an entry `nss_entry` found.
 ///

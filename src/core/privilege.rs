@@ -33,7 +33,7 @@ pub const SAFE_PATH: &str = "/usr/sbin:/usr/bin:/sbin:/bin";
 pub enum RunAs {
     /// Not started as root: nothing to drop.
     Unchanged,
-    /// Root, and no `user` configured (or `user` is root): it stays root, and says so.
+    /// Root, and no `user` configured: it stays root, and says so.
     Root,
     /// This user and group, with the user's supplementary groups.
     User { user: crate::core::nss::User, gid: u32 },
@@ -54,8 +54,14 @@ pub fn run_as(user: Option<&str>, group: Option<&str>) -> Result<RunAs, String> 
         Some(g) => crate::core::nss::group_id(g).ok_or_else(|| format!("group {g:?}: no such group"))?,
         None => u.gid,
     };
+    // Root's uid or gid would keep root's powers under another name.
     if u.uid == 0 {
-        return Ok(RunAs::Root);
+        return Err(format!("user {name:?} is uid 0: name a user without root's powers"));
+    }
+    if gid == 0 {
+        return Err(format!(
+            "user {name:?} would run with gid 0: set group to one without root's powers"
+        ));
     }
     Ok(RunAs::User { user: u, gid })
 }
@@ -72,6 +78,10 @@ pub fn drop_to(to: &RunAs) -> Result<(), String> {
     let fail = |what: &str| format!("{what}: {}", std::io::Error::last_os_error());
     // SAFETY: plain syscalls; cname is a NUL-terminated string that outlives the call.
     unsafe {
+        // Capabilities go with the uid only if they are not kept on purpose.
+        if libc::prctl(libc::PR_SET_KEEPCAPS, 0, 0, 0, 0) != 0 {
+            return Err(fail("prctl(PR_SET_KEEPCAPS)"));
+        }
         if libc::initgroups(cname.as_ptr(), gid as _) != 0 {
             return Err(fail("initgroups"));
         }
@@ -86,5 +96,61 @@ pub fn drop_to(to: &RunAs) -> Result<(), String> {
             return Err("privileges still held after the drop".into());
         }
     }
-    Ok(())
+    // securebits (SECBIT_NO_SETUID_FIXUP, say) can keep capabilities across setuid.
+    let status = std::fs::read_to_string("/proc/self/status").map_err(|e| format!("/proc/self/status: {e}"))?;
+    match held_capabilities(&status) {
+        Some(held) if held.is_empty() => Ok(()),
+        Some(held) => Err(format!("capabilities still held after the drop: {}", held.join(", "))),
+        None => Err("/proc/self/status: no capability sets".into()),
+    }
+}
+
+/// The capability sets of a /proc status text that are not empty (names), or None if it
+/// lists none.
+fn held_capabilities(status: &str) -> Option<Vec<&'static str>> {
+    let mut seen = 0;
+    let mut held = Vec::new();
+    for (field, name) in [("CapPrm:", "permitted"), ("CapEff:", "effective"), ("CapAmb:", "ambient")] {
+        let Some(v) = status.lines().find_map(|l| l.strip_prefix(field)) else {
+            continue;
+        };
+        seen += 1;
+        // Unreadable counts as held.
+        if !u64::from_str_radix(v.trim(), 16).is_ok_and(|bits| bits == 0) {
+            held.push(name);
+        }
+    }
+    (seen > 0).then_some(held)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capabilities_are_read_from_proc_status() {
+        let none = "Name:\tbatv\nCapInh:\t0000000000000000\nCapPrm:\t0000000000000000\nCapEff:\t0000000000000000\nCapBnd:\t000001ffffffffff\nCapAmb:\t0000000000000000\n";
+        assert_eq!(held_capabilities(none), Some(vec![]));
+        let kept = none.replace("CapPrm:\t0000000000000000", "CapPrm:\t0000000000000400");
+        assert_eq!(held_capabilities(&kept), Some(vec!["permitted"]));
+        let garbled = none.replace("CapEff:\t0000000000000000", "CapEff:\tzz");
+        assert_eq!(held_capabilities(&garbled), Some(vec!["effective"]), "unreadable counts as held");
+        assert_eq!(held_capabilities("Name:\tbatv\n"), None);
+    }
+
+    #[test]
+    fn not_root_changes_nothing() {
+        // SAFETY: plain getter.
+        if unsafe { libc::geteuid() } == 0 {
+            // Root: a user that is root is refused, whatever the group.
+            assert!(run_as(Some("root"), None).unwrap_err().contains("uid 0"));
+            assert!(run_as(Some("nobody"), Some("root")).unwrap_err().contains("gid 0"));
+            assert!(run_as(Some("no-such-user-batv"), None).unwrap_err().contains("no such user"));
+            assert_eq!(run_as(None, None).unwrap(), RunAs::Root);
+        } else {
+            assert_eq!(run_as(Some("root"), None).unwrap(), RunAs::Unchanged);
+        }
+        assert_eq!(drop_to(&RunAs::Unchanged), Ok(()));
+        assert_eq!(drop_to(&RunAs::Root), Ok(()));
+    }
 }

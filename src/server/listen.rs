@@ -8,7 +8,7 @@
 use std::io;
 use std::os::fd::{FromRawFd, RawFd};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -61,10 +61,7 @@ pub fn bind(specs: &[Listen], unix: UnixOptions) -> io::Result<Vec<Bound>> {
                     std::fs::remove_file(path).map_err(err)?;
                 }
                 let l = std::os::unix::net::UnixListener::bind(path).map_err(err)?;
-                if let Some(gid) = unix.group {
-                    std::os::unix::fs::chown(path, None, Some(gid)).map_err(err)?;
-                }
-                std::fs::set_permissions(path, std::fs::Permissions::from_mode(unix.mode)).map_err(err)?;
+                own_socket(path, unix.mode, unix.group).map_err(err)?;
                 l.set_nonblocking(true).map_err(err)?;
                 out.push(Bound {
                     socket: Socket::Unix(l, Some(path.clone())),
@@ -76,6 +73,42 @@ pub fn bind(specs: &[Listen], unix: UnixOptions) -> io::Result<Vec<Bound>> {
         }
     }
     Ok(out)
+}
+
+/// Give the socket file at `path` its mode and group without following a link: root
+/// does this in a directory the daemon's user may write, where the socket could have been
+/// swapped for a link to any file by now. The file is opened as itself (`O_PATH` and
+/// `O_NOFOLLOW`) and changed only if it is a socket.
+fn own_socket(path: &Path, mode: u32, group: Option<u32>) -> io::Result<()> {
+    use std::os::fd::{AsRawFd, OwnedFd};
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())?;
+    // SAFETY: a NUL-terminated path; the descriptor is owned from here on.
+    let fd = unsafe { libc::open(c.as_ptr(), libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd was just opened and is not owned elsewhere.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: zeroed is a valid stat; fd is open.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "replaced by something that is not a socket",
+        ));
+    }
+    if let Some(gid) = group {
+        // SAFETY: an empty path with AT_EMPTY_PATH changes the file fd refers to.
+        if unsafe { libc::fchownat(fd.as_raw_fd(), c"".as_ptr(), u32::MAX, gid, libc::AT_EMPTY_PATH) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    // fchmod does not work on an O_PATH descriptor; its /proc link reaches the same file.
+    std::fs::set_permissions(format!("/proc/self/fd/{}", fd.as_raw_fd()), std::fs::Permissions::from_mode(mode))
 }
 
 /// Bind one TCP listener.
@@ -95,10 +128,12 @@ pub fn bind_tcp(addr: std::net::SocketAddr) -> io::Result<Bound> {
 /// variables are removed so that no child takes them for its own.
 ///
 /// Call before any thread is started: it changes the environment.
-pub fn activated() -> io::Result<Option<Vec<Bound>>> {
+pub(crate) fn activated() -> io::Result<Option<Vec<Bound>>> {
     let var = |n: &str| std::env::var(n).ok();
     let (pid, fds, names) = (var("LISTEN_PID"), var("LISTEN_FDS"), var("LISTEN_FDNAMES"));
-    let got = activated_from(pid.as_deref(), fds.as_deref(), names.as_deref(), std::process::id(), 3)?;
+    // SAFETY: descriptors from 3 on are systemd's handover, which this process owns (the
+    // pid says it is for us) and nothing else has taken.
+    let got = unsafe { activated_from(pid.as_deref(), fds.as_deref(), names.as_deref(), std::process::id(), 3)? };
     if got.is_some() {
         for n in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"] {
             // Single-threaded here (see above).
@@ -110,7 +145,11 @@ pub fn activated() -> io::Result<Option<Vec<Bound>>> {
 
 /// [`activated`] on given values, the descriptors from `first_fd` on (3 in a real
 /// handover).
-pub fn activated_from(
+///
+/// # Safety
+/// The descriptors `first_fd..first_fd + fds` must be open and owned by no one else: the
+/// sockets returned own them.
+pub unsafe fn activated_from(
     pid: Option<&str>,
     fds: Option<&str>,
     names: Option<&str>,
@@ -157,10 +196,10 @@ fn adopt(fd: RawFd, fd_name: Option<String>) -> io::Result<Bound> {
     if opt(libc::SOL_SOCKET, libc::SO_TYPE).map_err(|e| bad(&e.to_string()))? != libc::SOCK_STREAM {
         return Err(bad("not a stream socket"));
     }
-    if opt(libc::SOL_SOCKET, libc::SO_ACCEPTCONN)? != 1 {
+    if opt(libc::SOL_SOCKET, libc::SO_ACCEPTCONN).map_err(|e| bad(&e.to_string()))? != 1 {
         return Err(bad("not listening (ListenStream= with Accept=no is needed)"));
     }
-    let domain = opt(libc::SOL_SOCKET, libc::SO_DOMAIN)?;
+    let domain = opt(libc::SOL_SOCKET, libc::SO_DOMAIN).map_err(|e| bad(&e.to_string()))?;
     // SAFETY: fd_name-independent plain fcntl on a descriptor we now own.
     unsafe {
         let flags = libc::fcntl(fd, libc::F_GETFD);
@@ -241,6 +280,16 @@ pub enum Stream {
     Unix(tokio::net::UnixStream),
 }
 
+impl Stream {
+    /// Write what the socket takes now, without waiting.
+    pub fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.try_write(buf),
+            Stream::Unix(s) => s.try_write(buf),
+        }
+    }
+}
+
 impl AsyncRead for Stream {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
@@ -298,9 +347,11 @@ mod tests {
         move_fd(unix.into_raw_fd(), first + 1);
         let me = std::process::id();
         // Another process's variables, or none: not ours.
-        assert!(activated_from(Some("1"), Some("2"), None, me, first).unwrap().is_none());
-        assert!(activated_from(None, Some("2"), None, me, first).unwrap().is_none());
-        let got = activated_from(Some(&me.to_string()), Some("2"), Some("smtp:metrics"), me, first)
+        // SAFETY (every call here): the descriptors from `first` on were moved there by this
+        // test and are owned by nothing else.
+        assert!(unsafe { activated_from(Some("1"), Some("2"), None, me, first) }.unwrap().is_none());
+        assert!(unsafe { activated_from(None, Some("2"), None, me, first) }.unwrap().is_none());
+        let got = unsafe { activated_from(Some(&me.to_string()), Some("2"), Some("smtp:metrics"), me, first) }
             .unwrap()
             .unwrap();
         assert_eq!(got.len(), 2);
@@ -328,7 +379,8 @@ mod tests {
         let me = std::process::id();
         let pid = me.to_string();
         for fds in ["0", "x", "-1", "65"] {
-            let e = activated_from(Some(&pid), Some(fds), None, me, 3).unwrap_err();
+            // SAFETY: refused before any descriptor is looked at.
+            let e = unsafe { activated_from(Some(&pid), Some(fds), None, me, 3) }.unwrap_err();
             assert!(e.to_string().contains("LISTEN_FDS"), "{fds}: {e}");
         }
         // A connected (not listening) socket, and a file, are not listeners.
@@ -336,11 +388,13 @@ mod tests {
         let c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
         let first = 960 + (me % 30) as RawFd;
         move_fd(c.into_raw_fd(), first);
-        let e = activated_from(Some(&pid), Some("1"), None, me, first).unwrap_err();
+        // SAFETY: the test's own descriptor, refused before it is taken over.
+        let e = unsafe { activated_from(Some(&pid), Some("1"), None, me, first) }.unwrap_err();
         assert!(e.to_string().contains("not listening"), "{e}");
         let f = std::fs::File::open("/dev/null").unwrap();
         move_fd(f.into_raw_fd(), first);
-        let e = activated_from(Some(&pid), Some("1"), None, me, first).unwrap_err();
+        // SAFETY: as above.
+        let e = unsafe { activated_from(Some(&pid), Some("1"), None, me, first) }.unwrap_err();
         assert!(e.to_string().contains("passed socket"), "{e}");
         // SAFETY: closing the test's own descriptor.
         unsafe { libc::close(first) };
@@ -365,5 +419,33 @@ mod tests {
         let e = bind(&[Listen::Unix(file.clone())], opts).unwrap_err();
         assert!(e.to_string().contains("not a socket"), "{e}");
         assert_eq!(std::fs::read(&file).unwrap(), b"x", "a file is never removed");
+    }
+
+    /// Root sets the socket's mode in a directory the daemon's user can write: a socket
+    /// swapped for a link by then must not pass the mode on to the link's target.
+    #[test]
+    fn a_socket_swapped_for_a_link_is_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("precious");
+        std::fs::write(&target, b"x").unwrap();
+        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let link = dir.path().join("d.sock");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        // O_PATH with O_NOFOLLOW opens the link itself, which is no socket.
+        let e = own_socket(&link, 0o666, Some(0)).unwrap_err();
+        assert!(e.to_string().contains("not a socket"), "{e}");
+        let file = dir.path().join("file");
+        std::fs::write(&file, b"x").unwrap();
+        let e = own_socket(&file, 0o666, None).unwrap_err();
+        assert!(e.to_string().contains("not a socket"), "{e}");
+        for p in [&target, &file] {
+            assert_ne!(std::fs::metadata(p).unwrap().permissions().mode() & 0o777, 0o666, "{}", p.display());
+        }
+        // A socket itself gets both.
+        let sock = dir.path().join("real.sock");
+        let _l = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        own_socket(&sock, 0o640, Some(0)).unwrap();
+        let m = std::fs::symlink_metadata(&sock).unwrap();
+        assert_eq!(m.permissions().mode() & 0o777, 0o640);
     }
 }

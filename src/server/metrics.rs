@@ -4,6 +4,7 @@
 //! A counter handle is an `Arc` of one atomic: the hot path increments it with no lock
 //! and no label lookup. Label sets are made once, at start.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus_client::metrics::counter::Counter;
@@ -11,6 +12,10 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+/// Scrapes served at once; a connection over it is closed unanswered.
+const MAX_SCRAPES: usize = 8;
 
 /// One label, as `[(name, value)]`.
 pub type Label = [(&'static str, &'static str); 1];
@@ -80,13 +85,20 @@ pub async fn serve<F>(listener: TcpListener, render: F)
 where
     F: Fn() -> String + Send + Sync + Clone + 'static,
 {
+    // A few scrapes at once are plenty; more would only spend descriptors the mail
+    // listeners need.
+    let limit = Arc::new(Semaphore::new(MAX_SCRAPES));
     loop {
         let Ok((mut sock, _)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
+        let Ok(permit) = limit.clone().try_acquire_owned() else {
+            continue;
+        };
         let render = render.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             // Read the request head (ignored), bounded in size and time.
             let mut buf = [0u8; 4096];
             let mut seen = 0;

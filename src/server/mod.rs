@@ -8,6 +8,7 @@
 //! and how to serve one connection. It reads the current state with [`Server::state`],
 //! once per transaction or request, so a reload never changes one halfway.
 
+mod launch;
 pub mod listen;
 pub mod metrics;
 mod reload;
@@ -26,6 +27,7 @@ use tokio::sync::{watch, Semaphore};
 use crate::core::config::Config;
 use crate::core::keys::KeySet;
 
+pub use launch::{launch, Launch, StartError};
 pub use listen::{Bound, Peer, Socket, Stream, UnixOptions};
 pub use reload::Source;
 
@@ -123,84 +125,6 @@ pub struct Plan {
     pub keys: KeySet,
 }
 
-/// Why a daemon did not start.
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    /// A socket could not be bound or served.
-    #[error("{0}")]
-    Io(#[from] io::Error),
-    /// The configuration cannot be served (no such user, say).
-    #[error("{0}")]
-    Config(String),
-}
-
-/// How a mode is started: where it listens when systemd passes no sockets.
-pub struct Launch<B: FnOnce() -> io::Result<Vec<Bound>>> {
-    pub bind: B,
-    pub metrics: Option<std::net::SocketAddr>,
-    pub max_connections: usize,
-    /// The mode serves TCP only (the proxy).
-    pub tcp_only: bool,
-}
-
-/// Start a mode: take systemd's sockets (one named `metrics` serves the counters) or
-/// bind the configured ones, drop root to `user`, then serve on a two-thread runtime
-/// until SIGTERM.
-pub fn launch<S: Service, B: FnOnce() -> io::Result<Vec<Bound>>>(
-    service: S,
-    config: Config,
-    keys: KeySet,
-    source: Source,
-    how: Launch<B>,
-) -> Result<(), StartError> {
-    use crate::core::privilege::{self, RunAs};
-    let name = S::NAME;
-    let server = Server::new(service, &config, &keys).map_err(StartError::Config)?;
-    let run_as = privilege::run_as(config.user.as_deref(), config.group.as_deref()).map_err(StartError::Config)?;
-    let (listeners, metrics) = match listen::activated()? {
-        Some(passed) => {
-            let (m, l): (Vec<Bound>, Vec<Bound>) = passed.into_iter().partition(|b| b.fd_name.as_deref() == Some("metrics"));
-            if l.is_empty() {
-                return Err(StartError::Config("systemd passed no socket to serve (only metrics)".into()));
-            }
-            crate::logln!("{name}: {} socket(s) from systemd", l.len() + m.len());
-            (l, m.into_iter().next())
-        }
-        None => {
-            let l = (how.bind)()?;
-            let m = how.metrics.map(listen::bind_tcp).transpose()?;
-            (l, m)
-        }
-    };
-    if how.tcp_only {
-        if let Some(b) = listeners.iter().find(|b| !matches!(b.socket, Socket::Tcp(_))) {
-            return Err(StartError::Config(format!("{name} serves TCP only, not {}", b.name)));
-        }
-    }
-    privilege::drop_to(&run_as).map_err(StartError::Config)?;
-    match &run_as {
-        RunAs::User { user, gid } => {
-            crate::logln!("{name}: running as user {} (uid {}, gid {gid})", user.name, user.uid);
-        }
-        RunAs::Root => crate::logln!(
-            "{name}: warning: running as root: set user (and key_group) in the configuration to drop root once the sockets are bound"
-        ),
-        RunAs::Unchanged => {}
-    }
-    let plan = Plan {
-        listeners,
-        metrics,
-        max_connections: how.max_connections,
-        source,
-        config,
-        keys,
-    };
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    let served = rt.block_on(run(Arc::new(server), plan));
-    rt.shutdown_timeout(Duration::from_secs(1));
-    Ok(served?)
-}
-
 /// How often the keys directory is looked at.
 const KEY_POLL: Duration = Duration::from_secs(2);
 
@@ -222,6 +146,9 @@ pub async fn run<S: Service>(server: Arc<Server<S>>, plan: Plan) -> io::Result<(
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
     let mut usr1 = signal(SignalKind::user_defined1())?;
+    // The handlers exist: what arrived while the signals were blocked (see launch) is
+    // delivered now.
+    launch::mask_signals(false);
     let (tx, rx) = tokio::sync::mpsc::channel(16);
     tokio::spawn(async move {
         loop {
@@ -268,18 +195,16 @@ pub async fn serve<S: Service>(server: Arc<Server<S>>, plan: Plan, mut events: t
     }
     server.service.started(&server.state(), &names);
     let source = plan.source;
-    let mut running = reload::Running {
-        config: plan.config,
-        keys: plan.keys,
-    };
+    let mut running = reload::Running::new(plan.config, plan.keys);
     let mut poll = tokio::time::interval(KEY_POLL);
     let mut last = source.store.stamp();
     loop {
         tokio::select! {
             e = events.recv() => match e {
                 Some(Event::Reload) => {
-                    reload::reload(&server, &source, &mut running, true);
+                    // Stamped first: a change while the reload reads is seen next time.
                     last = source.store.stamp();
+                    reload::reload(&server, &source, &mut running, true);
                 }
                 Some(Event::Counters) => {
                     crate::core::log::line(format_args!("{}", server.service.render_metrics().trim_end()));
@@ -300,7 +225,10 @@ pub async fn serve<S: Service>(server: Arc<Server<S>>, plan: Plan, mut events: t
         let _ = l.await;
     }
     for p in ours {
-        let _ = std::fs::remove_file(p);
+        if let Err(e) = std::fs::remove_file(&p) {
+            // The next start replaces it; a dropped user may not write the directory.
+            crate::logln!("{name}: could not remove {}: {e}", p.display());
+        }
     }
     let busy = plan.max_connections - limit.available_permits();
     crate::logln!("{name}: draining {busy} connection(s)");
@@ -314,6 +242,8 @@ async fn accept_loop<S: Service>(listener: listen::Listener, name: String, serve
     // The start time in the high bits, then a count: unique across restarts too.
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let base = (crate::core::time::system_now() as u64) << 16;
+    let mut refused: u64 = 0;
+    let mut last_refusal_log: Option<std::time::Instant> = None;
     loop {
         let accepted = tokio::select! {
             a = listener.accept(&name) => a,
@@ -330,13 +260,21 @@ async fn accept_loop<S: Service>(listener: listen::Listener, name: String, serve
         };
         let id = base + NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
         let Ok(permit) = limit.clone().try_acquire_owned() else {
-            crate::logln!("{}: client={peer} error=\"too many connections\" action=closed", S::NAME);
+            // A flood must not flood the log (and push the verdicts out of journald's
+            // rate limit): the first refusal, then a count at most every 10 s.
+            refused += 1;
+            if last_refusal_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+                crate::logln!(
+                    "{}: client={peer} error=\"too many connections\" action=closed refused={refused}",
+                    S::NAME
+                );
+                refused = 0;
+                last_refusal_log = Some(std::time::Instant::now());
+            }
             if let Some(reply) = server.service.busy() {
-                tokio::spawn(async move {
-                    use tokio::io::AsyncWriteExt;
-                    let mut stream = stream;
-                    let _ = tokio::time::timeout(Duration::from_secs(5), stream.write_all(reply)).await;
-                });
+                // A new socket's send buffer is empty: the reply goes out at once, with
+                // no task per refused connection, and the close follows.
+                let _ = stream.try_write(reply);
             }
             continue;
         };

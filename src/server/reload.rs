@@ -45,6 +45,27 @@ impl Source {
 pub(crate) struct Running {
     pub(crate) config: Config,
     pub(crate) keys: KeySet,
+    /// The configuration at start: what restart-only settings are compared with (the
+    /// running one takes a new listener's name without serving it).
+    pub(crate) started: Config,
+}
+
+impl Running {
+    pub(crate) fn new(config: Config, keys: KeySet) -> Running {
+        Running {
+            started: config.clone(),
+            config,
+            keys,
+        }
+    }
+}
+
+/// Read the configuration and keys and build a state from them, and throw it away: can
+/// this process reload at all (as the user it now runs as)?
+pub(crate) fn check<S: Service>(server: &Server<S>, source: &Source) -> Result<(), String> {
+    let config = source.load_config()?;
+    let keys = source.load_keys()?;
+    server.service.build(&config, &keys).map(drop)
 }
 
 /// Settings no reload changes: the runtime's own, then the mode's.
@@ -74,7 +95,7 @@ pub(crate) fn reload<S: Service>(server: &Server<S>, source: &Source, running: &
             Ok(c) => match server.service.refuse_change(&running.config, &c) {
                 Some(why) => crate::logln!("{name}: configuration not reloaded: {why}"),
                 None => {
-                    for what in restart_only::<S>(&running.config, &c) {
+                    for what in restart_only::<S>(&running.started, &c) {
                         crate::logln!("{name}: {what} changed: takes effect at the next restart");
                     }
                     config = Some(c);

@@ -99,10 +99,7 @@ impl Files {
 
     fn running(&self) -> reload::Running {
         let config = Config::load(Some(&self.dir.path().join("batv.toml"))).unwrap();
-        reload::Running {
-            config,
-            keys: self.store().load().unwrap(),
-        }
+        reload::Running::new(config, self.store().load().unwrap())
     }
 }
 
