@@ -8,10 +8,11 @@
 use std::hint::black_box;
 use std::path::Path;
 
+use batv::bounce;
 use batv::core::address::DomainSet;
 use batv::core::keys::{KeyStore, Secret};
+use batv::core::tag;
 use batv::core::verdict::Rules;
-use batv::{bounce, tag};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
 /// 2026-11-23, the day the generated corpus's tags were made for.
