@@ -175,13 +175,14 @@ fn passed_public_sockets_are_refused() {
         let public = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
         let mut d = Proc::spawn(with_sockets(&store, &[public.as_raw_fd()], "batv", &unused));
         assert_eq!(d.child.wait().unwrap().code(), Some(78), "{}", d.log());
-        assert!(d.log().contains("serves loopback only"), "{}", d.log());
+        // The log is read from a pipe: wait for the line rather than race its reader.
+        d.wait_line("serves loopback only");
         let sock = store.dir.path().join("ok.sock");
         let ok = std::os::unix::net::UnixListener::bind(&sock).unwrap();
         let fds = [ok.as_raw_fd(), public.as_raw_fd()];
         let mut d = Proc::spawn(with_sockets(&store, &fds, "batv:metrics", &unused));
         assert_eq!(d.child.wait().unwrap().code(), Some(78), "{}", d.log());
-        assert!(d.log().contains("the metrics socket serves loopback only"), "{}", d.log());
+        d.wait_line("the metrics socket serves loopback only");
     });
 }
 
