@@ -82,9 +82,14 @@ fn uids(pid: u32) -> Vec<u32> {
     line.split_whitespace().skip(1).map(|n| n.parse().unwrap()).collect()
 }
 
-fn is_root() -> bool {
+/// Whether the test runs as root; if not, it says it skips.
+fn root_or_skip() -> bool {
     // SAFETY: plain getter.
-    unsafe { libc::geteuid() == 0 }
+    let root = unsafe { libc::geteuid() == 0 };
+    if !root {
+        eprintln!("skipping: needs root (CI runs as root)");
+    }
+    root
 }
 
 /// `batv daemon` handed two listening sockets from fd 3 on, as systemd does: a unix
@@ -202,8 +207,7 @@ fn http_get(addr: std::net::SocketAddr) -> String {
 /// through key_group.
 #[test]
 fn root_binds_then_runs_as_its_user() {
-    if !is_root() {
-        eprintln!("skipping: needs root (CI runs as root)");
+    if !root_or_skip() {
         return;
     }
     bounded(LIMIT, || {
@@ -248,8 +252,7 @@ fn root_binds_then_runs_as_its_user() {
 /// would fail, so it does not start (exit 78) and says why.
 #[test]
 fn a_user_that_cannot_reload_is_refused_at_start() {
-    if !is_root() {
-        eprintln!("skipping: needs root (CI runs as root)");
+    if !root_or_skip() {
         return;
     }
     bounded(LIMIT, || {
@@ -271,8 +274,7 @@ fn a_user_that_cannot_reload_is_refused_at_start() {
 /// As root without `user`, it runs (a container may want that) and says so.
 #[test]
 fn root_without_a_user_says_so() {
-    if !is_root() {
-        eprintln!("skipping: needs root (CI runs as root)");
+    if !root_or_skip() {
         return;
     }
     bounded(LIMIT, || {
@@ -289,8 +291,7 @@ fn root_without_a_user_says_so() {
 /// A user that does not exist is a configuration error (78), before anything is served.
 #[test]
 fn an_unknown_user_is_a_configuration_error() {
-    if !is_root() {
-        eprintln!("skipping: needs root (CI runs as root)");
+    if !root_or_skip() {
         return;
     }
     bounded(LIMIT, || {

@@ -164,6 +164,27 @@ fn a_snapshot_outlives_the_reload_that_replaces_it() {
     assert_eq!(server.state().lifetime, 9);
 }
 
+/// The toy served on a unix socket at `sock`, driven by the returned channel.
+fn start(
+    f: &Files,
+    sock: &std::path::Path,
+    max_connections: usize,
+) -> (tokio::sync::mpsc::Sender<Event>, tokio::task::JoinHandle<io::Result<()>>) {
+    let running = f.running();
+    let server = Arc::new(Server::new(Toy, &running.config, &running.keys).unwrap());
+    let listeners = listen::bind(&[Listen::Unix(sock.to_path_buf())], UnixOptions { mode: 0o600, group: None }).unwrap();
+    let plan = Plan {
+        listeners,
+        metrics: None,
+        max_connections,
+        source: f.source(),
+        config: running.config,
+        keys: running.keys,
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    (tx, tokio::spawn(serve(server, plan, rx)))
+}
+
 async fn line(r: &mut BufReader<tokio::net::UnixStream>) -> String {
     let mut s = String::new();
     tokio::time::timeout(Duration::from_secs(5), r.read_line(&mut s))
@@ -176,20 +197,8 @@ async fn line(r: &mut BufReader<tokio::net::UnixStream>) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_limit_holds_and_a_stop_drains() {
     let f = Files::new();
-    let running = f.running();
-    let server = Arc::new(Server::new(Toy, &running.config, &running.keys).unwrap());
     let sock = f.dir.path().join("toy.sock");
-    let listeners = listen::bind(&[Listen::Unix(sock.clone())], UnixOptions { mode: 0o600, group: None }).unwrap();
-    let plan = Plan {
-        listeners,
-        metrics: None,
-        max_connections: 1,
-        source: f.source(),
-        config: running.config,
-        keys: running.keys,
-    };
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    let served = tokio::spawn(serve(server.clone(), plan, rx));
+    let (tx, served) = start(&f, &sock, 1);
     let connect = || async {
         for _ in 0..100 {
             if let Ok(s) = tokio::net::UnixStream::connect(&sock).await {
@@ -228,20 +237,8 @@ async fn the_limit_holds_and_a_stop_drains() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_event_reaches_new_requests() {
     let f = Files::new();
-    let running = f.running();
-    let server = Arc::new(Server::new(Toy, &running.config, &running.keys).unwrap());
     let sock = f.dir.path().join("toy.sock");
-    let listeners = listen::bind(&[Listen::Unix(sock.clone())], UnixOptions { mode: 0o600, group: None }).unwrap();
-    let plan = Plan {
-        listeners,
-        metrics: None,
-        max_connections: 4,
-        source: f.source(),
-        config: running.config,
-        keys: running.keys,
-    };
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    let served = tokio::spawn(serve(server.clone(), plan, rx));
+    let (tx, served) = start(&f, &sock, 4);
     let mut a = BufReader::new(tokio::net::UnixStream::connect(&sock).await.unwrap());
     a.get_mut().write_all(b"x\n").await.unwrap();
     assert_eq!(line(&mut a).await, "7 1\n");
