@@ -55,6 +55,48 @@ pub enum Command {
     /// Postfix socketmap (sign, strip) and policy service, and Exim ${readsocket}
     #[command(long_about = DAEMON_ABOUT, after_long_help = DAEMON_DEPLOY)]
     Daemon(DaemonArgs),
+    /// A milter: sign, verify and strip inside Sendmail, Postfix or any milter MTA
+    #[command(long_about = MILTER_ABOUT, after_long_help = MILTER_DEPLOY)]
+    Milter(MilterArgs),
+}
+
+const MILTER_ABOUT: &str = "\
+A milter (protocol version 6) doing BATV's three jobs inside the MTA's own SMTP session.
+
+sign: mail from milter.internal_networks, from an authenticated client ({auth_authen}) or
+submitted locally (Postfix non_smtpd_milters, no client address) gets its envelope
+sender tagged at end of message (SMFIR_CHGFROM, ESMTP parameters kept). Mail from
+anywhere else is never signed.
+
+verify: in a null-sender transaction each recipient gets the proxy's verdict, one per
+transaction: 550 5.7.1 for backscatter (reject_at = \"rcpt\"), or with reject_at =
+\"data\" a differing recipient gets 452 4.5.3 and backscatter is refused at DATA.
+Exemptions, trusted_relays and max_failed_tags (421 4.7.0) as in the proxy. With enforce
+= false (monitor) nothing is refused and each bounce gets one X-BATV: header.
+
+strip: a recipient with an authentic tag (valid or expired) is replaced by its original
+address at end of message (SMFIR_DELRCPT, then SMFIR_ADDRCPT_PAR with its parameters).
+
+A malformed packet ends that connection only; the MTA's default action (Postfix
+milter_default_action) decides about the mail in progress. Runs as proxy and daemon do:
+sockets from systemd or milter.listen, root dropping to user, SIGHUP reloads, SIGUSR1 and
+milter.metrics_listen counters.";
+
+const MILTER_DEPLOY: &str = "\
+Postfix (socket milter.listen = [\"unix:/var/spool/postfix/batv/milter\"]):
+  main.cf:
+    smtpd_milters = unix:batv/milter
+    non_smtpd_milters = unix:batv/milter
+    milter_protocol = 6
+    milter_default_action = tempfail
+Sendmail (.mc):
+  INPUT_MAIL_FILTER(`batv', `S=local:/var/run/batv/milter, F=T, T=S:30s;R:30s;E:1m')";
+
+#[derive(Debug, Args)]
+pub struct MilterArgs {
+    /// Listen here instead of milter.listen: unix:/PATH or inet:127.0.0.1:PORT (repeatable)
+    #[arg(long, value_name = "SPEC")]
+    pub listen: Vec<crate::core::config::Listen>,
 }
 
 const PROXY_ABOUT: &str = "\

@@ -113,6 +113,7 @@ pub fn run(cli: Cli) -> u8 {
         Command::Sendmail(a) => Ok(wrapper(ctx, OsString::from("sendmail")).run(a.args)),
         Command::Proxy(a) => proxy(ctx, a),
         Command::Daemon(a) => daemon(ctx, a),
+        Command::Milter(a) => milter(ctx, a),
     });
     match result {
         Ok(code) => code,
@@ -153,19 +154,7 @@ fn daemon(ctx: Context, a: crate::cli::DaemonArgs) -> Result<u8, CliError> {
     } else {
         a.listen
     };
-    let group = match &config.daemon.socket_group {
-        Some(g) => Some(crate::core::nss::group_id(g).ok_or_else(|| {
-            start_error(
-                &ctx,
-                server::StartError::Config(format!("daemon.socket_group {g:?}: no such group")),
-            )
-        })?),
-        None => None,
-    };
-    let unix = server::UnixOptions {
-        mode: config.daemon.socket_mode(),
-        group,
-    };
+    let unix = unix_options(&ctx, config.daemon.socket_mode(), config.daemon.socket_group.as_deref(), "daemon")?;
     let source = server::Source::new(ctx.config_path.clone(), ctx.store()?);
     let keys = crate::core::keys::startup_keys(&source.store)?;
     let how = server::Launch {
@@ -178,6 +167,40 @@ fn daemon(ctx: Context, a: crate::cli::DaemonArgs) -> Result<u8, CliError> {
     let service = Daemon::new(ctx.fixed_now.then_some(ctx.now));
     server::launch(service, config, keys, source, how).map_err(|e| start_error(&ctx, e))?;
     Ok(EX_OK)
+}
+
+fn milter(ctx: Context, a: crate::cli::MilterArgs) -> Result<u8, CliError> {
+    use crate::modes::milter::Milter;
+    let config = ctx.config.clone();
+    let listen = if a.listen.is_empty() {
+        config.milter.listen.clone()
+    } else {
+        a.listen
+    };
+    let unix = unix_options(&ctx, config.milter.socket_mode(), config.milter.socket_group.as_deref(), "milter")?;
+    let source = server::Source::new(ctx.config_path.clone(), ctx.store()?);
+    let keys = crate::core::keys::startup_keys(&source.store)?;
+    let how = server::Launch {
+        bind: move || server::listen::bind(&listen, unix),
+        metrics: config.milter.metrics_listen,
+        max_connections: config.milter.max_connections.get() as usize,
+        tcp_only: false,
+        loopback_only: true,
+    };
+    let service = Milter::new(ctx.fixed_now.then_some(ctx.now));
+    server::launch(service, config, keys, source, how).map_err(|e| start_error(&ctx, e))?;
+    Ok(EX_OK)
+}
+
+/// How a mode's unix sockets are made: its mode and its group (by name or gid).
+fn unix_options(ctx: &Context, mode: u32, group: Option<&str>, section: &str) -> Result<server::UnixOptions, CliError> {
+    let group = match group {
+        Some(g) => Some(crate::core::nss::group_id(g).ok_or_else(|| {
+            start_error(ctx, server::StartError::Config(format!("{section}.socket_group {g:?}: no such group")))
+        })?),
+        None => None,
+    };
+    Ok(server::UnixOptions { mode, group })
 }
 
 /// A daemon that could not start: a configuration it cannot serve is a configuration

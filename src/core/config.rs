@@ -131,6 +131,8 @@ pub struct Config {
     pub proxy: ProxyConfig,
     #[serde(default)]
     pub daemon: DaemonConfig,
+    #[serde(default)]
+    pub milter: MilterConfig,
 }
 
 /// Where `batv daemon` listens: a unix socket, or TCP on loopback (it has no
@@ -285,6 +287,73 @@ impl DaemonConfig {
     /// The unix sockets' mode (validated when read).
     pub fn socket_mode(&self) -> u32 {
         u32::from_str_radix(&self.socket_mode, 8).unwrap_or(0o666)
+    }
+}
+
+/// `batv milter`: sign, verify and strip inside a milter-speaking MTA (DESIGN §10).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MilterConfig {
+    #[serde(default = "default_milter_listen", deserialize_with = "listen_list")]
+    pub listen: Vec<Listen>,
+    /// Permissions of the unix sockets (octal), as `[daemon]`'s.
+    #[serde(default = "default_socket_mode", deserialize_with = "socket_mode")]
+    pub socket_mode: String,
+    #[serde(default, deserialize_with = "account_opt", skip_serializing_if = "Option::is_none")]
+    pub socket_group: Option<String>,
+    /// Mail from these clients (and from authenticated ones, and local submissions) is
+    /// signed; mail from anywhere else never is.
+    #[serde(default = "default_internal_networks", deserialize_with = "nets")]
+    pub internal_networks: Vec<String>,
+    #[serde(default = "default_daemon_reject_at")]
+    pub reject_at: RejectAt,
+    #[serde(default = "yes")]
+    pub enforce: bool,
+    #[serde(default, deserialize_with = "date_opt", skip_serializing_if = "Option::is_none")]
+    pub enforce_after: Option<String>,
+    #[serde(default, deserialize_with = "nets")]
+    pub trusted_relays: Vec<String>,
+    #[serde(default = "default_max_failed_tags")]
+    pub max_failed_tags: NonZeroU32,
+    #[serde(default = "default_daemon_max_connections")]
+    pub max_connections: NonZeroU32,
+    /// A connection with no command for this long is closed.
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout_ms: u64,
+    #[serde(default, deserialize_with = "loopback_opt", skip_serializing_if = "Option::is_none")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
+}
+
+fn default_milter_listen() -> Vec<Listen> {
+    vec![Listen::Unix(PathBuf::from("/var/spool/postfix/batv/milter"))]
+}
+fn default_internal_networks() -> Vec<String> {
+    vec!["127.0.0.0/8".into(), "::1".into()]
+}
+
+impl MilterConfig {
+    /// The unix sockets' mode (validated when read).
+    pub fn socket_mode(&self) -> u32 {
+        u32::from_str_radix(&self.socket_mode, 8).unwrap_or(0o666)
+    }
+}
+
+impl Default for MilterConfig {
+    fn default() -> Self {
+        MilterConfig {
+            listen: default_milter_listen(),
+            socket_mode: default_socket_mode(),
+            socket_group: None,
+            internal_networks: default_internal_networks(),
+            reject_at: default_daemon_reject_at(),
+            enforce: true,
+            enforce_after: None,
+            trusted_relays: vec![],
+            max_failed_tags: default_max_failed_tags(),
+            max_connections: default_daemon_max_connections(),
+            idle_timeout_ms: default_idle_timeout(),
+            metrics_listen: None,
+        }
     }
 }
 
@@ -502,6 +571,7 @@ impl Default for Config {
             sendmail: SendmailConfig::default(),
             proxy: ProxyConfig::default(),
             daemon: DaemonConfig::default(),
+            milter: MilterConfig::default(),
         }
     }
 }

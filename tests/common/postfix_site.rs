@@ -118,53 +118,63 @@ impl Site {
 
     /// What smtp-sink has received so far (whole messages only).
     pub fn messages(&self) -> Vec<Message> {
-        let mut v = Vec::new();
-        for e in std::fs::read_dir(self.sink.dump.path()).unwrap() {
-            let text = std::fs::read_to_string(e.unwrap().path()).unwrap_or_default();
-            let mut from = None;
-            let mut rcpts = Vec::new();
-            for l in text.lines() {
-                if let Some(a) = l.strip_prefix("X-Mail-Args: ") {
-                    from = Some(angle(a));
-                } else if let Some(a) = l.strip_prefix("X-Rcpt-Args: ") {
-                    rcpts.push(angle(a));
-                }
-            }
-            // smtp-sink writes the dump as the data arrives: only messages that ended
-            // (every message of these tests ends with "Hello.").
-            if let (Some(from), true) = (from, text.trim_end().ends_with("Hello.")) {
-                v.push(Message { from, rcpts, text });
-            }
-        }
-        v
+        sink_messages(&self.sink)
     }
 
-    /// Wait (at most 30 s) until smtp-sink has `n` messages; then, so that a message
-    /// that should not be there has its chance to arrive, until Postfix's queue is empty.
+    /// See [`delivered`].
     pub fn delivered(&self, n: usize) -> Vec<Message> {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let got = self.messages();
-            if got.len() >= n && self.queue_empty() {
-                return got;
+        delivered(&self.pf, &self.sink, n)
+    }
+}
+
+/// What smtp-sink has received so far (whole messages only).
+pub fn sink_messages(sink: &SmtpSink) -> Vec<Message> {
+    let mut v = Vec::new();
+    for e in std::fs::read_dir(sink.dump.path()).unwrap() {
+        let text = std::fs::read_to_string(e.unwrap().path()).unwrap_or_default();
+        let mut from = None;
+        let mut rcpts = Vec::new();
+        for l in text.lines() {
+            if let Some(a) = l.strip_prefix("X-Mail-Args: ") {
+                from = Some(angle(a));
+            } else if let Some(a) = l.strip_prefix("X-Rcpt-Args: ") {
+                rcpts.push(angle(a));
             }
-            assert!(
-                Instant::now() < deadline,
-                "smtp-sink got {} of {n} messages (or the queue is not empty): {got:#?}\n--- maillog ---\n{}",
-                got.len(),
-                self.pf.log()
-            );
-            std::thread::sleep(Duration::from_millis(100));
+        }
+        // smtp-sink writes the dump as the data arrives: only messages that ended
+        // (every message of these tests ends with "Hello.").
+        if let (Some(from), true) = (from, text.trim_end().ends_with("Hello.")) {
+            v.push(Message { from, rcpts, text });
         }
     }
+    v
+}
 
-    /// No message in Postfix's incoming, active or deferred queue.
-    fn queue_empty(&self) -> bool {
-        let q = self.pf.dir.path().join("queue");
-        ["incoming", "active", "deferred", "maildrop"]
-            .iter()
-            .all(|d| files_under(&q.join(d)) == 0)
+/// Wait (at most 30 s) until smtp-sink has `n` messages; then, so that a message that
+/// should not be there has its chance to arrive, until Postfix's queue is empty.
+pub fn delivered(pf: &Postfix, sink: &SmtpSink, n: usize) -> Vec<Message> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let got = sink_messages(sink);
+        if got.len() >= n && queue_empty(pf) {
+            return got;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "smtp-sink got {} of {n} messages (or the queue is not empty): {got:#?}\n--- maillog ---\n{}",
+            got.len(),
+            pf.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// No message in Postfix's incoming, active or deferred queue.
+pub fn queue_empty(pf: &Postfix) -> bool {
+    let q = pf.dir.path().join("queue");
+    ["incoming", "active", "deferred", "maildrop"]
+        .iter()
+        .all(|d| files_under(&q.join(d)) == 0)
 }
 
 fn files_under(dir: &std::path::Path) -> usize {

@@ -1,0 +1,364 @@
+//! One MTA connection: the negotiation, then each command answered in turn. A malformed
+//! or out-of-order packet ends this connection only (the MTA applies its default action,
+//! `milter_default_action` in Postfix, to the mail in progress).
+
+use std::net::IpAddr;
+
+use tokio::io::{AsyncWriteExt, BufReader};
+
+use super::{Milter, State};
+use crate::core::config::RejectAt;
+use crate::core::log::q;
+use crate::core::signer::Outcome;
+use crate::core::tag;
+use crate::core::verdict::{self, judge, Judgement, TxVerdict};
+use crate::milter::flags::*;
+use crate::milter::{self, Command, Macros, MilterError, Response};
+use crate::server::{Connection, Server, Stop};
+
+const REFUSE_RCPT: &str = "550 5.7.1 Backscatter refused: this address never sent the message you are bouncing (BATV)";
+const REFUSE_DATA: &str = "550 5.7.1 Backscatter refused: no recipient of this bounce sent the original message (BATV)";
+const DEFER_MIXED: &str = "452 4.5.3 Too many recipients for this transaction, send the rest separately";
+const REFUSE_UNREADABLE: &str = "501 5.1.3 Bad recipient address syntax (BATV)";
+const CLOSE_GUESSING: &str = "421 4.7.0 Too many invalid BATV tags, closing";
+
+/// What batv asks to do: change the sender, add and delete recipients, add a header.
+const ACTIONS: u32 = SMFIF_ADDHDRS | SMFIF_CHGFROM | SMFIF_ADDRCPT_PAR | SMFIF_DELRCPT;
+/// What batv does not need to see: HELO, headers, end of headers, the body, unknown
+/// commands.
+const PROTOCOL: u32 = SMFIP_NOHELO | SMFIP_NOHDRS | SMFIP_NOEOH | SMFIP_NOBODY | SMFIP_NOUNKNOWN;
+
+/// A recipient to put back without its tag at end of message.
+struct Strip {
+    /// As the MTA passed it (what DELRCPT must name).
+    tagged: String,
+    original: String,
+    args: Option<String>,
+}
+
+/// One transaction (MAIL to end of message or ABORT).
+#[derive(Default)]
+struct Tx {
+    /// The sender as judged: empty for the null path.
+    sender: Option<String>,
+    /// The tagged sender to set at end of message.
+    sign: Option<(String, Option<String>)>,
+    verdict: Option<TxVerdict>,
+    reason: &'static str,
+    /// Bounce recipients let through, bounce-ok and backscatter (monitor mode).
+    accepted: [u32; 2],
+    backscatter_reason: &'static str,
+    strips: Vec<Strip>,
+    /// Snapshot and clock taken at MAIL.
+    enforce: bool,
+    today: i64,
+}
+
+struct Conn<'a> {
+    server: &'a Server<Milter>,
+    state: std::sync::Arc<State>,
+    macros: Macros,
+    /// The SMTP client, if the MTA named one (None for local submissions).
+    client: Option<IpAddr>,
+    /// A local submission (Postfix's non_smtpd_milters, Sendmail's -bs): signed.
+    local: bool,
+    tx: Tx,
+    id: u64,
+}
+
+pub(super) async fn serve(server: &Server<Milter>, conn: Connection, mut stop: Stop) {
+    let id = conn.id;
+    let peer = conn.peer.to_string();
+    let mut io = BufReader::new(conn.stream);
+    let mut c = Conn {
+        server,
+        state: server.state(),
+        macros: Macros::default(),
+        client: None,
+        local: false,
+        tx: Tx::default(),
+        id,
+    };
+    let idle = c.state.settings.idle;
+    let result: Result<(), MilterError> = async {
+        loop {
+            let cmd = tokio::select! {
+                r = tokio::time::timeout(idle, milter::read_command(&mut io, milter::MAX_PACKET)) => match r {
+                    Err(_) => return Ok(()),
+                    Ok(r) => r?,
+                },
+                // Stopping: between commands only, so a message in progress is answered.
+                _ = stop.changed(), if c.tx.sender.is_none() => return Ok(()),
+            };
+            let Some(cmd) = cmd else { return Ok(()) };
+            let quit = matches!(cmd, Command::Quit);
+            for r in c.answer(cmd)? {
+                io.get_mut().write_all(&milter::encode(&r)).await?;
+            }
+            if quit {
+                return Ok(());
+            }
+        }
+    }
+    .await;
+    if let Err(e) = result {
+        if !matches!(e, MilterError::Io(_)) {
+            server.service.counters.malformed.inc();
+        }
+        crate::logln!("batv-milter: session={id:x} mta={} error={} action=closed", q(&peer), q(&e.to_string()));
+    }
+}
+
+/// The path inside its angle brackets, as the MTA passes it (`<a@b>`).
+fn unbracket(s: &str) -> &str {
+    s.strip_prefix('<').and_then(|s| s.strip_suffix('>')).unwrap_or(s)
+}
+
+/// ESMTP parameters as one string (CHGFROM and ADDRCPT_PAR take them so), or None.
+fn params(args: &[String]) -> Option<String> {
+    (args.len() > 1).then(|| args[1..].join(" "))
+}
+
+impl Conn<'_> {
+    fn answer(&mut self, cmd: Command) -> Result<Vec<Response>, MilterError> {
+        let cont = || Ok(vec![Response::Continue]);
+        match cmd {
+            Command::OptNeg {
+                version,
+                actions,
+                protocol,
+            } => {
+                let (version, actions, protocol) = milter::negotiate(version, actions, protocol, ACTIONS, ACTIONS, PROTOCOL)?;
+                Ok(vec![Response::OptNeg {
+                    version,
+                    actions,
+                    protocol,
+                    macros: vec![
+                        (SMFIM_CONNECT, "{daemon_name} {client_addr}".into()),
+                        (SMFIM_ENVFROM, "{auth_authen} {mail_addr} i".into()),
+                        (SMFIM_ENVRCPT, "{rcpt_addr}".into()),
+                    ],
+                }])
+            }
+            Command::Macro { for_command, macros } => {
+                self.macros.set(for_command, macros);
+                Ok(vec![])
+            }
+            Command::Connect { family, address, .. } => {
+                self.client = match family {
+                    b'4' | b'6' => address.trim_start_matches("IPv6:").parse().ok(),
+                    _ => None,
+                };
+                // No address (a unix socket, or the MTA's own submission): local.
+                self.local = self.client.is_none();
+                cont()
+            }
+            Command::Helo(_) => cont(),
+            Command::Mail(args) => self.mail(&args),
+            Command::Rcpt(args) => Ok(vec![self.rcpt(&args)]),
+            Command::Data => Ok(vec![self.data()]),
+            Command::Header { .. } | Command::Eoh | Command::Body(_) | Command::Unknown(_) => cont(),
+            Command::BodyEob => Ok(self.end_of_message()),
+            Command::Abort => {
+                self.tx = Tx::default();
+                Ok(vec![])
+            }
+            Command::QuitNc => {
+                // A new SMTP session on the same connection.
+                self.tx = Tx::default();
+                self.macros = Macros::default();
+                self.client = None;
+                self.local = false;
+                Ok(vec![])
+            }
+            Command::Quit => Ok(vec![]),
+        }
+    }
+
+    fn log(&self, rcpt: &str, j: &Judgement, action: &str) {
+        let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
+        crate::logln!(
+            "batv-milter: session={:x} client={} queue_id={} sender={} rcpt={} verdict={} reason={} action={} key={} tag_days_left={}",
+            self.id,
+            self.client.map(|c| c.to_string()).unwrap_or_else(|| "local".into()),
+            q(self.macros.get("i").unwrap_or("-")),
+            q(&format!("<{}>", self.tx.sender.as_deref().unwrap_or(""))),
+            q(&format!("<{rcpt}>")),
+            j.verdict.name(),
+            j.reason,
+            action,
+            opt(j.key.map(|k| k.to_string())),
+            opt(j.days_left.map(|d| d.to_string())),
+        );
+    }
+
+    fn mail(&mut self, args: &[String]) -> Result<Vec<Response>, MilterError> {
+        let raw = args.first().ok_or(MilterError::Malformed("MAIL without a sender"))?;
+        let path = unbracket(raw);
+        // A fresh snapshot and clock per transaction.
+        self.state = self.server.state();
+        let now = self.server.now();
+        let s = &self.state.settings;
+        let mut tx = Tx {
+            enforce: s.enforcing(now),
+            today: tag::unix_day(now),
+            ..Tx::default()
+        };
+        match verdict::null_sender(path) {
+            Some(true) => tx.sender = Some(String::new()),
+            Some(false) => tx.sender = Some(path.to_string()),
+            // Unreadable: judged as a bounce, as the proxy does in monitor mode; never
+            // signed.
+            None => tx.sender = Some(String::new()),
+        }
+        let authenticated = self.macros.get("{auth_authen}").is_some_and(|a| !a.is_empty());
+        let internal = self.local || authenticated || self.client.is_some_and(|ip| s.internal(ip));
+        if internal && tx.sender.as_deref().is_some_and(|p| !p.is_empty()) {
+            if let Some(signer) = &self.state.signer {
+                if let Outcome::Signed(t) = signer.sign(path, tx.today) {
+                    tx.sign = Some((format!("<{t}>"), params(args)));
+                }
+            }
+        }
+        self.tx = tx;
+        Ok(vec![Response::Continue])
+    }
+
+    fn rcpt(&mut self, args: &[String]) -> Response {
+        let Some(raw) = args.first() else {
+            return Response::ReplyCode(REFUSE_UNREADABLE.into());
+        };
+        let path = unbracket(raw);
+        let state = self.state.clone();
+        let s = &state.settings;
+        let c = &self.server.service.counters;
+        let enforce = self.tx.enforce;
+        let mut j = judge(path, &s.rules, &state.keys, self.tx.today);
+        let trusted = self.client.is_some_and(|ip| s.trusted(ip));
+        let bounce = self.tx.sender.as_deref() == Some("");
+        if trusted && j.verdict == TxVerdict::Backscatter {
+            j.verdict = TxVerdict::BounceOk;
+            j.reason = "trusted-relay";
+        }
+        // Guessing at tags, in any transaction, as in the proxy.
+        if let Some(ip) = self.client.filter(|_| !trusted && (j.stripped.is_some() || j.failed_tag())) {
+            if self.server.service.failed_tags.over_limit(ip, j.failed_tag(), s.max_failed_tags, self.server.now()) {
+                if enforce {
+                    c.failed_tag_closes.inc();
+                    self.log(path, &j, "closed-too-many-invalid-tags");
+                    return Response::ReplyCode(CLOSE_GUESSING.into());
+                }
+                self.log(path, &j, "would-close-too-many-invalid-tags");
+            }
+        }
+        if let Some(original) = &j.stripped {
+            c.stripped.inc();
+            self.tx.strips.push(Strip {
+                tagged: raw.clone(),
+                original: format!("<{original}>"),
+                args: params(args),
+            });
+        }
+        if !bounce {
+            return Response::Continue;
+        }
+        match j.verdict {
+            TxVerdict::BounceOk => c.bounce_ok.inc(),
+            TxVerdict::Backscatter | TxVerdict::Unreadable => c.backscatter.inc(),
+        };
+        if j.verdict == TxVerdict::Unreadable {
+            if trusted {
+                self.log(path, &j, "continue-trusted");
+                return Response::Continue;
+            }
+            if enforce {
+                c.refused.inc();
+                self.log(path, &j, "refused");
+                self.tx.strips.retain(|x| x.tagged != *raw);
+                return Response::ReplyCode(REFUSE_UNREADABLE.into());
+            }
+            j.verdict = TxVerdict::Backscatter;
+        }
+        let first = self.tx.verdict;
+        let (reply, action) = match (j.verdict, s.reject_at) {
+            (_, RejectAt::Data) if enforce && first.is_some_and(|v| v != j.verdict) => {
+                c.deferred.inc();
+                (Response::ReplyCode(DEFER_MIXED.into()), "deferred-452")
+            }
+            (TxVerdict::Backscatter, RejectAt::Rcpt) if enforce => {
+                c.refused.inc();
+                (Response::ReplyCode(REFUSE_RCPT.into()), "refused")
+            }
+            (TxVerdict::Backscatter, _) if enforce => (Response::Continue, "refuse-at-data"),
+            (TxVerdict::Backscatter, _) => (Response::Continue, "continue-monitor"),
+            _ => (Response::Continue, "continue"),
+        };
+        if matches!(reply, Response::Continue) {
+            if first.is_none() {
+                self.tx.verdict = Some(j.verdict);
+                self.tx.reason = j.reason;
+            }
+            let i = (j.verdict != TxVerdict::BounceOk) as usize;
+            self.tx.accepted[i] += 1;
+            if i == 1 && self.tx.backscatter_reason.is_empty() {
+                self.tx.backscatter_reason = j.reason;
+            }
+        } else {
+            // Refused: nothing of it to strip at end of message.
+            self.tx.strips.retain(|x| x.tagged != *raw);
+        }
+        self.log(path, &j, action);
+        reply
+    }
+
+    fn data(&mut self) -> Response {
+        let bounce = self.tx.sender.as_deref() == Some("");
+        if bounce && self.tx.enforce && self.tx.verdict == Some(TxVerdict::Backscatter) {
+            self.server.service.counters.refused.inc();
+            crate::logln!(
+                "batv-milter: session={:x} queue_id={} sender=<> verdict=backscatter reason={} action=refused-at-data",
+                self.id,
+                q(self.macros.get("i").unwrap_or("-")),
+                self.tx.reason
+            );
+            return Response::ReplyCode(REFUSE_DATA.into());
+        }
+        Response::Continue
+    }
+
+    fn end_of_message(&mut self) -> Vec<Response> {
+        let tx = std::mem::take(&mut self.tx);
+        let mut out = Vec::new();
+        if let Some((from, args)) = tx.sign {
+            self.server.service.counters.signed.inc();
+            out.push(Response::ChgFrom { from, args });
+        }
+        for s in tx.strips {
+            out.push(Response::DelRcpt(s.tagged));
+            out.push(Response::AddRcptPar {
+                rcpt: s.original,
+                args: s.args,
+            });
+        }
+        let bounce = tx.sender.as_deref() == Some("");
+        if !tx.enforce && bounce && tx.accepted != [0, 0] {
+            let [ok, bad] = tx.accepted;
+            let (v, reason) = if bad > 0 {
+                (TxVerdict::Backscatter, tx.backscatter_reason)
+            } else {
+                (TxVerdict::BounceOk, tx.reason)
+            };
+            let mixed = if ok > 0 && bad > 0 {
+                format!("; recipients=bounce-ok:{ok},backscatter:{bad}")
+            } else {
+                String::new()
+            };
+            out.push(Response::AddHeader {
+                name: "X-BATV".into(),
+                value: format!("{}; reason={reason}; mode=monitor{mixed}", v.name()),
+            });
+        }
+        out.push(Response::Continue);
+        out
+    }
+}

@@ -1,0 +1,255 @@
+//! `batv milter` inside a whole Postfix: `smtpd_milters` on the MX port, mail relayed to
+//! Postfix's smtp-sink. `mynetworks` and `[milter] internal_networks` are 127.0.0.1 only:
+//! clients connect from 127.0.0.2 and up as strangers. Loopback only, bounded in time;
+//! every process is stopped by its PID.
+
+mod common;
+
+use std::net::Ipv4Addr;
+use std::process::{Child, Command};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::daemon_proc::{bounded, spawn_logged, Store, BIN, NOW};
+use common::peers::code;
+use common::postfix::{can_run_postfix, free_port, Postfix};
+use common::postfix_site::{delivered, send_transaction, ended, Message};
+use common::proxy::{postfix_root, SmtpSink};
+
+const LIMIT: Duration = Duration::from_secs(120);
+const INSIDE: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 1);
+const OUTSIDE: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
+
+/// `batv milter` on a loopback port, and its log.
+struct Milter {
+    child: Child,
+    addr: std::net::SocketAddr,
+    log: Arc<Mutex<String>>,
+    _lines: mpsc::Receiver<String>,
+}
+
+impl Drop for Milter {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- milter log ---\n{}", self.log.lock().unwrap());
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Milter {
+    fn start(store: &Store) -> Milter {
+        let mut cmd = Command::new(BIN);
+        cmd.arg("--config")
+            .arg(&store.config)
+            .arg("--keys")
+            .arg(&store.keys)
+            .args(["--now", NOW, "milter", "--listen", "inet:127.0.0.1:0"]);
+        let (child, log, lines) = spawn_logged(cmd);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match lines.recv_timeout(left) {
+                Ok(l) => {
+                    if let Some(a) = l.split("listening on inet:").nth(1) {
+                        let addr = a.trim().parse().unwrap();
+                        return Milter {
+                            child,
+                            addr,
+                            log,
+                            _lines: lines,
+                        };
+                    }
+                }
+                Err(_) => panic!("batv milter did not start: {}", log.lock().unwrap()),
+            }
+        }
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+}
+
+/// Postfix with batv's milter, relaying to smtp-sink.
+struct Site {
+    // Fields drop in declaration order: Postfix first.
+    pf: Postfix,
+    milter: Milter,
+    sink: SmtpSink,
+    store: Store,
+    mx: u16,
+}
+
+/// A site, or None (skip) where Postfix cannot run. `batv` follows the `[milter]` line.
+fn site(batv: &str) -> Option<Site> {
+    let root = postfix_root()?;
+    if !can_run_postfix() {
+        return None;
+    }
+    let store = Store::new(&format!("[milter]\ninternal_networks = [\"127.0.0.1/32\"]\n{batv}"));
+    let milter = Milter::start(&store);
+    let sink = SmtpSink::start(&root, &[]);
+    let mx = free_port();
+    // Recipients are validated before the milter strips a tag (at end of message): the
+    // tagged forms of the users are listed too (README's milter section).
+    let recipients = store.dir.path().join("recipients");
+    std::fs::write(
+        &recipients,
+        "/^(alice|bob)@example\\.org$/ ok\n/^prvs=[0-9]{4}[0-9a-z]{6,8}=(alice|bob)@example\\.org$/ ok\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(store.dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let main = format!(
+        "mynetworks = 127.0.0.1/32
+relay_domains = example.org
+relay_recipient_maps = regexp:{recipients}
+relayhost = [127.0.0.1]:{sink}
+relay_transport = relay:[127.0.0.1]:{sink}
+default_transport = smtp:[127.0.0.1]:{sink}
+smtp_dns_support_level = disabled
+smtpd_peername_lookup = no
+smtpd_relay_restrictions = permit_mynetworks, reject_unauth_destination
+smtpd_milters = inet:{milter}
+non_smtpd_milters = inet:{milter}
+milter_protocol = 6
+milter_default_action = tempfail
+",
+        recipients = recipients.display(),
+        sink = sink.port,
+        milter = milter.addr,
+    );
+    let services = [format!("127.0.0.1:{mx} inet n - n - - smtpd")];
+    let pf = Postfix::start(&root, &main, &services, &[mx]);
+    Some(Site {
+        pf,
+        milter,
+        sink,
+        store,
+        mx,
+    })
+}
+
+impl Site {
+    fn transaction(&self, source: Ipv4Addr, from: &str, rcpts: &[&str], tag: &str) -> Vec<String> {
+        let mut c = common::peers::Client::connect_from(&format!("127.0.0.1:{}", self.mx), source);
+        assert_eq!(code(&c.reply()), 220);
+        assert_eq!(code(&c.cmd("EHLO mx.remote.test")), 250);
+        let r = send_transaction(&mut c, from, rcpts, tag);
+        if !ended(&r) {
+            c.cmd("QUIT");
+        }
+        r
+    }
+
+    fn delivered(&self, n: usize) -> Vec<Message> {
+        delivered(&self.pf, &self.sink, n)
+    }
+
+    fn one(&self, tag: &str) -> Message {
+        let m: Vec<Message> = self.delivered(1).into_iter().filter(|m| m.text.contains(tag)).collect();
+        assert_eq!(m.len(), 1, "{m:#?}");
+        m.into_iter().next().unwrap()
+    }
+}
+
+fn codes(r: &[String]) -> Vec<u16> {
+    r.iter().map(|x| code(x)).collect()
+}
+
+/// Mail from inside leaves with a signed sender; the same sender from outside does not.
+#[test]
+fn inside_is_signed_outside_is_not() {
+    bounded(LIMIT, || {
+        let Some(s) = site("") else { return };
+        let r = s.transaction(INSIDE, "alice@example.org", &["<carol@remote.test>"], "out1");
+        assert_eq!(codes(&r), [250, 250, 354, 250], "{r:?}\n{}", s.milter.log());
+        let m = s.one("out1");
+        assert!(m.from.starts_with("prvs="), "signed: {m:#?}");
+        assert_eq!(s.store.verify(NOW, &[&m.from]).unwrap(), ["alice@example.org"]);
+        assert_eq!(m.rcpts, ["carol@remote.test"]);
+
+        let r = s.transaction(OUTSIDE, "alice@example.org", &["<bob@example.org>"], "in1");
+        assert_eq!(codes(&r), [250, 250, 354, 250], "{r:?}");
+        let m = s.one("in1");
+        assert_eq!(m.from, "alice@example.org", "mail from outside is never signed");
+    });
+}
+
+/// An untagged bounce is refused at RCPT; one to an authentic tag is delivered to the
+/// original address.
+#[test]
+fn bounces_are_judged_and_tags_stripped() {
+    bounded(LIMIT, || {
+        let Some(s) = site("") else { return };
+        let r = s.transaction(OUTSIDE, "", &["<bob@example.org>"], "bs1");
+        assert_eq!(code(&r[1]), 550, "{r:?}");
+        assert!(r[1].contains("5.7.1") && r[1].contains("BATV"), "{r:?}");
+
+        let tagged = s.store.sign(NOW, "bob@example.org");
+        let r = s.transaction(OUTSIDE, "", &[&format!("<{tagged}>")], "ok1");
+        assert_eq!(codes(&r), [250, 250, 354, 250], "{r:?}\n{}", s.milter.log());
+        let m = s.one("ok1");
+        assert_eq!(m.from, "");
+        assert_eq!(m.rcpts, ["bob@example.org"], "the tag is stripped: {m:#?}");
+    });
+}
+
+/// With reject_at = "data", a second recipient of the other verdict gets 452 and the
+/// bounce goes to the one with the valid tag.
+#[test]
+fn a_mixed_bounce_gets_its_452() {
+    bounded(LIMIT, || {
+        let Some(s) = site("reject_at = \"data\"\n") else { return };
+        let tagged = s.store.sign(NOW, "bob@example.org");
+        let r = s.transaction(OUTSIDE, "", &[&format!("<{tagged}>"), "<alice@example.org>"], "mix1");
+        assert_eq!(codes(&r), [250, 250, 452, 354, 250], "{r:?}\n{}", s.milter.log());
+        let m = s.one("mix1");
+        assert_eq!(m.rcpts, ["bob@example.org"]);
+        // Backscatter alone is refused at DATA.
+        // (send_transaction then sends the message as commands, which Postfix ends.)
+        let r = s.transaction(OUTSIDE, "", &["<alice@example.org>"], "bs2");
+        assert_eq!(codes(&r)[..3], [250, 250, 550], "{r:?}");
+        assert!(r[2].contains("5.7.1") && r[2].contains("BATV"), "{r:?}");
+    });
+}
+
+/// Monitor mode refuses nothing and marks the bounce.
+#[test]
+fn monitor_mode_delivers_with_the_header() {
+    bounded(LIMIT, || {
+        let Some(s) = site("enforce = false\n") else { return };
+        let r = s.transaction(OUTSIDE, "", &["<bob@example.org>"], "mon1");
+        assert_eq!(codes(&r), [250, 250, 354, 250], "{r:?}");
+        let m = s.one("mon1");
+        assert_eq!(
+            m.headers("X-BATV"),
+            ["X-BATV: backscatter; reason=untagged; mode=monitor"],
+            "{m:#?}"
+        );
+    });
+}
+
+/// batv stopped: milter_default_action = tempfail defers the mail, nothing passes
+/// unchecked or unsigned.
+#[test]
+fn a_stopped_milter_defers() {
+    bounded(LIMIT, || {
+        let Some(mut s) = site("") else { return };
+        let _ = s.milter.child.kill();
+        let _ = s.milter.child.wait();
+        let r = s.transaction(OUTSIDE, "", &["<bob@example.org>"], "down1");
+        assert!(r.iter().any(|x| code(x) / 100 == 4), "deferred: {r:?}");
+        let r = s.transaction(INSIDE, "alice@example.org", &["<carol@remote.test>"], "down2");
+        assert!(r.iter().any(|x| code(x) / 100 == 4), "deferred: {r:?}");
+        std::thread::sleep(Duration::from_millis(500));
+        assert!(s.sink_is_empty(), "nothing delivered while batv is down");
+    });
+}
+
+impl Site {
+    fn sink_is_empty(&self) -> bool {
+        common::postfix_site::sink_messages(&self.sink).is_empty()
+    }
+}
