@@ -26,6 +26,7 @@ pub use macros::{Macros, Stage};
 pub use negotiate::negotiate;
 pub use packet::{
     encode, encode_command, parse, parse_response, read_command, read_command_within, read_packet, try_encode, Command, Response,
+    MAX_FIELDS,
 };
 
 /// The longest packet accepted (length prefix value: command byte and payload), 1 MiB;

@@ -10,6 +10,10 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use super::flags::*;
 use super::MilterError;
 
+/// The most strings a MACRO, MAIL or RCPT packet may carry (name and value count as two),
+/// far more than any MTA sends; it bounds what a packet of NULs costs in string headers.
+pub const MAX_FIELDS: usize = 1024;
+
 /// A command from the MTA, parsed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
@@ -111,7 +115,8 @@ pub enum Response {
 /// Reads one packet's raw command byte and payload. `Ok(None)` at a clean EOF before a
 /// packet starts. A length of 0 or more than `max` is an error, raised before anything is
 /// allocated for the packet; a truncated packet is an error. The buffer grows only as bytes
-/// arrive, so a peer announcing `max` and sending less costs what it sent.
+/// arrive (a peer announcing `max` and sending less costs about what it sent), and no
+/// allocation is larger than the packet.
 pub async fn read_packet<R: AsyncRead + Unpin>(r: &mut R, max: usize) -> Result<Option<(u8, Vec<u8>)>, MilterError> {
     let mut len = [0u8; 4];
     let mut got = 0;
@@ -133,10 +138,16 @@ pub async fn read_packet<R: AsyncRead + Unpin>(r: &mut R, max: usize) -> Result<
     if len > max {
         return Err(MilterError::TooLong(len));
     }
+    // Grown by doubling, exactly, never past `len`: no allocation is larger than the packet.
     let mut buf = Vec::with_capacity(len.min(64 * 1024));
-    r.take(len as u64).read_to_end(&mut buf).await?;
-    if buf.len() < len {
-        return Err(MilterError::Malformed("truncated packet"));
+    while buf.len() < len {
+        if buf.len() == buf.capacity() {
+            buf.reserve_exact(buf.capacity().min(len - buf.len()));
+        }
+        let spare = (buf.capacity() - buf.len()) as u64;
+        if (&mut *r).take(spare).read_buf(&mut buf).await? == 0 {
+            return Err(MilterError::Malformed("truncated packet"));
+        }
     }
     let cmd = buf[0];
     buf.remove(0);
@@ -147,7 +158,8 @@ pub async fn read_packet<R: AsyncRead + Unpin>(r: &mut R, max: usize) -> Result<
 /// byte and payload) and parses it. `Ok(None)` at a clean EOF before a packet starts. A
 /// length of 0 or > `max` is an error; a truncated packet is an error. The packet is read
 /// whole before it is parsed, so after a parse error (`Malformed`, `UnknownCommand`) the
-/// stream is still framed.
+/// stream is still framed. Besides the packet's buffer, parsing allocates its strings: a
+/// lossy one is at most 3 times its bytes (each invalid byte becomes U+FFFD).
 pub async fn read_command<R: AsyncRead + Unpin>(r: &mut R, max: usize) -> Result<Option<Command>, MilterError> {
     match read_packet(r, max).await? {
         None => Ok(None),
@@ -172,11 +184,19 @@ fn cstr(p: &[u8]) -> Result<(String, &[u8]), MilterError> {
     Ok((lossy(&p[..nul]), &p[nul + 1..]))
 }
 
-/// A payload made of NUL-terminated strings only (none if empty).
+/// A payload made of NUL-terminated strings only (none if empty), at most [`MAX_FIELDS`].
 fn cstrs(p: &[u8]) -> Result<Vec<String>, MilterError> {
     match p.split_last() {
         None => Ok(Vec::new()),
-        Some((&0, body)) => Ok(body.split(|&b| b == 0).map(lossy).collect()),
+        Some((&0, body)) => {
+            let n = p.iter().filter(|&&b| b == 0).count();
+            if n > MAX_FIELDS {
+                return Err(MilterError::Malformed("too many strings"));
+            }
+            let mut v = Vec::with_capacity(n);
+            v.extend(body.split(|&b| b == 0).map(lossy));
+            Ok(v)
+        }
         Some(_) => Err(MilterError::Malformed("missing NUL")),
     }
 }
@@ -186,7 +206,8 @@ fn be32(p: &[u8], at: usize) -> u32 {
 }
 
 /// Parses one command's payload. Strings are NUL-terminated; bytes that are not UTF-8 are
-/// replaced ([`String::from_utf8_lossy`]); a missing NUL is `Malformed`. The payloads of
+/// replaced ([`String::from_utf8_lossy`]); a missing NUL is `Malformed`, as are more than
+/// [`MAX_FIELDS`] strings in one packet. The payloads of
 /// DATA, EOH, EOB, ABORT, QUIT and QUIT_NC are ignored, as are bytes after the last field of
 /// OPTNEG, CONNECT and HELO.
 pub fn parse(cmd: u8, payload: &[u8]) -> Result<Command, MilterError> {
@@ -208,8 +229,8 @@ pub fn parse(cmd: u8, payload: &[u8]) -> Result<Command, MilterError> {
             if fields.len() % 2 != 0 {
                 return Err(MilterError::Malformed("MACRO name without a value"));
             }
+            let mut macros = Vec::with_capacity(fields.len() / 2);
             let mut it = fields.into_iter();
-            let mut macros = Vec::new();
             while let (Some(n), Some(v)) = (it.next(), it.next()) {
                 macros.push((n, v));
             }

@@ -148,6 +148,17 @@ fn parse_header_body_and_the_bare_commands() {
 }
 
 #[test]
+fn parse_caps_the_strings() {
+    let ok = vec![0u8; MAX_FIELDS];
+    assert!(matches!(parse(b'M', &ok), Ok(Command::Mail(a)) if a.len() == MAX_FIELDS));
+    let over = vec![0u8; MAX_FIELDS + 1];
+    assert!(matches!(parse(b'M', &over), Err(MilterError::Malformed(_))));
+    let mut macros = vec![b'C'];
+    macros.extend(vec![0u8; MAX_FIELDS + 2]);
+    assert!(matches!(parse(b'D', &macros), Err(MilterError::Malformed(_))));
+}
+
+#[test]
 fn parse_is_lossy_on_non_utf8() {
     assert_eq!(parse(b'H', b"h\xffx\0").unwrap(), Command::Helo("h\u{fffd}x".into()));
 }
