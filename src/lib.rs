@@ -7,6 +7,7 @@
 //! modes    sendmail wrapper, proxy, daemon (socketmap, policy, readsocket)
 //! server   the one runtime every daemon plugs into: listeners, limits, signals,
 //!          reloads, metrics, privilege drop
+//! milter   the milter wire protocol (packets, negotiation)
 //! smtp     line and DATA framing, the relay session, front-mode handoff and TLS
 //! bounce   inspection of a message that may be a bounce
 //! core     address, tag, keys, config, verdict, signer, time, log
@@ -17,6 +18,7 @@
 pub mod bounce;
 pub mod cli;
 pub mod core;
+pub mod milter;
 pub mod modes;
 pub mod server;
 pub mod smtp;
