@@ -6,7 +6,7 @@ use std::path::Path;
 /// Section 8 for administrative commands, 1 for the rest.
 fn section(sub: &str) -> &'static str {
     match sub {
-        "keys" | "sendmail" | "proxy" | "daemon" => "8",
+        "keys" | "sendmail" | "proxy" | "daemon" | "milter" => "8",
         _ => "1",
     }
 }

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use common::daemon_proc::{bounded, spawn_logged, Store, BIN, NOW};
 use common::peers::code;
 use common::postfix::{can_run_postfix, free_port, Postfix};
-use common::postfix_site::{delivered, send_transaction, ended, Message};
+use common::postfix_site::{delivered, ended, send_transaction, Message};
 use common::proxy::{postfix_root, SmtpSink};
 
 const LIMIT: Duration = Duration::from_secs(120);
@@ -41,11 +41,13 @@ impl Drop for Milter {
 impl Milter {
     fn start(store: &Store) -> Milter {
         let mut cmd = Command::new(BIN);
-        cmd.arg("--config")
-            .arg(&store.config)
-            .arg("--keys")
-            .arg(&store.keys)
-            .args(["--now", NOW, "milter", "--listen", "inet:127.0.0.1:0"]);
+        cmd.arg("--config").arg(&store.config).arg("--keys").arg(&store.keys).args([
+            "--now",
+            NOW,
+            "milter",
+            "--listen",
+            "inet:127.0.0.1:0",
+        ]);
         let (child, log, lines) = spawn_logged(cmd);
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {

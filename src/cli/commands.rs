@@ -196,7 +196,10 @@ fn milter(ctx: Context, a: crate::cli::MilterArgs) -> Result<u8, CliError> {
 fn unix_options(ctx: &Context, mode: u32, group: Option<&str>, section: &str) -> Result<server::UnixOptions, CliError> {
     let group = match group {
         Some(g) => Some(crate::core::nss::group_id(g).ok_or_else(|| {
-            start_error(ctx, server::StartError::Config(format!("{section}.socket_group {g:?}: no such group")))
+            start_error(
+                ctx,
+                server::StartError::Config(format!("{section}.socket_group {g:?}: no such group")),
+            )
         })?),
         None => None,
     };

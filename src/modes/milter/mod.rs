@@ -103,13 +103,22 @@ impl Counters {
         Counters {
             connections: m.counter("batv_milter_connections", "MTA connections accepted."),
             signed: m.counter("batv_milter_signed", "Envelope senders signed (CHGFROM)."),
-            stripped: m.counter("batv_milter_stripped", "Recipients with an authentic tag, replaced by the original."),
+            stripped: m.counter(
+                "batv_milter_stripped",
+                "Recipients with an authentic tag, replaced by the original.",
+            ),
             bounce_ok,
             backscatter,
             refused: m.counter("batv_milter_refused", "Recipients or messages refused."),
-            deferred: m.counter("batv_milter_deferred", "Recipients deferred (452) to keep one verdict per transaction."),
+            deferred: m.counter(
+                "batv_milter_deferred",
+                "Recipients deferred (452) to keep one verdict per transaction.",
+            ),
             malformed: m.counter("batv_milter_malformed", "Connections ended on a malformed or unexpected packet."),
-            failed_tag_closes: m.counter("batv_milter_failed_tag_closes", "Recipients answered 421 for too many invalid tags."),
+            failed_tag_closes: m.counter(
+                "batv_milter_failed_tag_closes",
+                "Recipients answered 421 for too many invalid tags.",
+            ),
         }
     }
 }

@@ -13,7 +13,7 @@ use crate::core::signer::Outcome;
 use crate::core::tag;
 use crate::core::verdict::{self, judge, Judgement, TxVerdict};
 use crate::milter::flags::*;
-use crate::milter::{self, Command, Macros, MilterError, Response};
+use crate::milter::{self, Command, Macros, MilterError, Response, Stage};
 use crate::server::{Connection, Server, Stop};
 
 const REFUSE_RCPT: &str = "550 5.7.1 Backscatter refused: this address never sent the message you are bouncing (BATV)";
@@ -105,7 +105,11 @@ pub(super) async fn serve(server: &Server<Milter>, conn: Connection, mut stop: S
         if !matches!(e, MilterError::Io(_)) {
             server.service.counters.malformed.inc();
         }
-        crate::logln!("batv-milter: session={id:x} mta={} error={} action=closed", q(&peer), q(&e.to_string()));
+        crate::logln!(
+            "batv-milter: session={id:x} mta={} error={} action=closed",
+            q(&peer),
+            q(&e.to_string())
+        );
     }
 }
 
@@ -160,7 +164,9 @@ impl Conn<'_> {
             Command::Header { .. } | Command::Eoh | Command::Body(_) | Command::Unknown(_) => cont(),
             Command::BodyEob => Ok(self.end_of_message()),
             Command::Abort => {
+                // The transaction's macros go with it; the connection's stay.
                 self.tx = Tx::default();
+                self.macros.clear_from(Stage::Mail);
                 Ok(vec![])
             }
             Command::QuitNc => {
@@ -242,7 +248,12 @@ impl Conn<'_> {
         }
         // Guessing at tags, in any transaction, as in the proxy.
         if let Some(ip) = self.client.filter(|_| !trusted && (j.stripped.is_some() || j.failed_tag())) {
-            if self.server.service.failed_tags.over_limit(ip, j.failed_tag(), s.max_failed_tags, self.server.now()) {
+            if self
+                .server
+                .service
+                .failed_tags
+                .over_limit(ip, j.failed_tag(), s.max_failed_tags, self.server.now())
+            {
                 if enforce {
                     c.failed_tag_closes.inc();
                     self.log(path, &j, "closed-too-many-invalid-tags");
