@@ -117,7 +117,10 @@ smtpd_milters = inet:{milter}
 non_smtpd_milters = inet:{milter}
 milter_protocol = 6
 milter_default_action = tempfail
+# sendmail(1) runs postdrop with this environment: the unpacked libraries with it.
+export_environment = TZ MAIL_CONFIG LANG LD_LIBRARY_PATH={lib}
 ",
+        lib = root.join("usr/lib/postfix").display(),
         recipients = recipients.display(),
         sink = sink.port,
         milter = milter.addr,
@@ -254,4 +257,49 @@ impl Site {
     fn sink_is_empty(&self) -> bool {
         common::postfix_site::sink_messages(&self.sink).is_empty()
     }
+}
+
+/// Mail submitted with Postfix's own sendmail(1) goes through pickup and cleanup, where
+/// non_smtpd_milters runs batv: it leaves signed, as submitted mail should.
+#[test]
+fn locally_submitted_mail_is_signed() {
+    bounded(LIMIT, || {
+        let Some(s) = site("") else { return };
+        let root = postfix_root().unwrap();
+        let mut cmd = Command::new(root.join("usr/sbin/sendmail"));
+        cmd.env("LD_LIBRARY_PATH", root.join("usr/lib/postfix"))
+            .env("MAIL_CONFIG", s.pf.dir.path().join("etc"))
+            .args(["-f", "alice@example.org", "carol@remote.test"]);
+        let o = common::run_bounded(cmd, b"Subject: test local1\n\nHello.\n", Duration::from_secs(15));
+        assert_eq!(o.code, 0, "postfix sendmail: {}", o.stderr);
+        let m = s.one("local1");
+        assert!(m.from.starts_with("prvs="), "signed: {m:#?}\n{}", s.milter.log());
+        assert_eq!(s.store.verify(NOW, &[&m.from]).unwrap(), ["alice@example.org"]);
+        assert_eq!(m.rcpts, ["carol@remote.test"]);
+        let log = s.milter.log();
+        let line = log.lines().find(|l| l.contains("action=signed")).unwrap_or_else(|| panic!("{log}"));
+        // Postfix names a local submission's client 127.0.0.1: internal_networks must keep
+        // it for non_smtpd_milters to sign (README).
+        assert!(line.contains("client=127.0.0.1 "), "{line}");
+    });
+}
+
+/// A forged tag is refused like an untagged address, and a client that keeps guessing
+/// gets 421 for every tagged recipient once its max_failed_tags are used up.
+#[test]
+fn forged_tags_are_refused_and_guessers_cut_off() {
+    bounded(LIMIT, || {
+        let Some(s) = site("max_failed_tags = 2\n") else { return };
+        let tagged = s.store.sign(NOW, "bob@example.org");
+        let forged = common::postfix_site::forge(&tagged);
+        for _ in 0..2 {
+            let r = s.transaction(OUTSIDE, "", &[&format!("<{forged}>")], "forged");
+            assert_eq!(code(&r[1]), 550, "{r:?}");
+        }
+        let r = s.transaction(OUTSIDE, "", &[&format!("<{tagged}>")], "guess3");
+        assert_eq!(code(&r[1]), 421, "used up: even a valid tag is not checked: {r:?}");
+        // Another client is not affected.
+        let r = s.transaction(Ipv4Addr::new(127, 0, 0, 3), "", &[&format!("<{tagged}>")], "other1");
+        assert_eq!(codes(&r), [250, 250, 354, 250], "{r:?}");
+    });
 }

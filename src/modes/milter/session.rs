@@ -342,6 +342,14 @@ impl Conn<'_> {
         let mut out = Vec::new();
         if let Some((from, args)) = tx.sign {
             self.server.service.counters.signed.inc();
+            crate::logln!(
+                "batv-milter: session={:x} client={} queue_id={} sender={} action=signed tagged={}",
+                self.id,
+                self.client.map(|c| c.to_string()).unwrap_or_else(|| "local".into()),
+                q(self.macros.get("i").unwrap_or("-")),
+                q(&format!("<{}>", tx.sender.as_deref().unwrap_or(""))),
+                q(&from),
+            );
             out.push(Response::ChgFrom { from, args });
         }
         for s in tx.strips {
