@@ -10,6 +10,8 @@
 //!   of message (DELRCPT, then ADDRCPT_PAR with its parameters).
 
 mod session;
+#[cfg(test)]
+mod tests;
 
 use std::net::IpAddr;
 use std::sync::Arc;

@@ -54,7 +54,7 @@ struct Tx {
     today: i64,
 }
 
-struct Conn<'a> {
+pub(super) struct Conn<'a> {
     server: &'a Server<Milter>,
     state: std::sync::Arc<State>,
     macros: Macros,
@@ -70,15 +70,7 @@ pub(super) async fn serve(server: &Server<Milter>, conn: Connection, mut stop: S
     let id = conn.id;
     let peer = conn.peer.to_string();
     let mut io = BufReader::new(conn.stream);
-    let mut c = Conn {
-        server,
-        state: server.state(),
-        macros: Macros::default(),
-        client: None,
-        local: false,
-        tx: Tx::default(),
-        id,
-    };
+    let mut c = Conn::new(server, id);
     let idle = c.state.settings.idle;
     let result: Result<(), MilterError> = async {
         loop {
@@ -123,8 +115,23 @@ fn params(args: &[String]) -> Option<String> {
     (args.len() > 1).then(|| args[1..].join(" "))
 }
 
+impl<'a> Conn<'a> {
+    /// A connection's state before its first command, as `serve` makes it.
+    pub(super) fn new(server: &'a Server<Milter>, id: u64) -> Conn<'a> {
+        Conn {
+            server,
+            state: server.state(),
+            macros: Macros::default(),
+            client: None,
+            local: false,
+            tx: Tx::default(),
+            id,
+        }
+    }
+}
+
 impl Conn<'_> {
-    fn answer(&mut self, cmd: Command) -> Result<Vec<Response>, MilterError> {
+    pub(super) fn answer(&mut self, cmd: Command) -> Result<Vec<Response>, MilterError> {
         let cont = || Ok(vec![Response::Continue]);
         match cmd {
             Command::OptNeg {
@@ -133,15 +140,21 @@ impl Conn<'_> {
                 protocol,
             } => {
                 let (version, actions, protocol) = milter::negotiate(version, actions, protocol, ACTIONS, ACTIONS, PROTOCOL)?;
+                // Macro lists are a version 6 feature: below it, the MTA's own choice.
+                let macros = if version >= 6 {
+                    vec![
+                        (SMFIM_CONNECT, "{daemon_name} {client_addr}".into()),
+                        (SMFIM_ENVFROM, "{auth_authen} {mail_addr} i".into()),
+                        (SMFIM_ENVRCPT, "{rcpt_addr}".into()),
+                    ]
+                } else {
+                    vec![]
+                };
                 Ok(vec![Response::OptNeg {
                     version,
                     actions,
                     protocol,
-                    macros: vec![
-                        (SMFIM_CONNECT, "{daemon_name} {client_addr}".into()),
-                        (SMFIM_ENVFROM, "{auth_authen} {mail_addr} i".into()),
-                        (SMFIM_ENVRCPT, "{rcpt_addr}".into()),
-                    ],
+                    macros,
                 }])
             }
             Command::Macro { for_command, macros } => {
@@ -155,6 +168,10 @@ impl Conn<'_> {
                 };
                 // No address (a unix socket, or the MTA's own submission): local.
                 self.local = self.client.is_none();
+                // A new SMTP session: nothing of an earlier one (a transaction the MTA
+                // never ended, its macros after CONNECT's) carries over to it.
+                self.tx = Tx::default();
+                self.macros.clear_from(Stage::Helo);
                 cont()
             }
             Command::Helo(_) => cont(),
