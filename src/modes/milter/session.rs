@@ -230,8 +230,18 @@ impl Conn<'_> {
         match verdict::null_sender(path) {
             Some(true) => tx.sender = Some(String::new()),
             Some(false) => tx.sender = Some(path.to_string()),
-            // Unreadable: judged as a bounce, as the proxy does in monitor mode; never
+            // Unreadable: refused when enforcing, as the proxy does (what cannot be
+            // judged is not let through); in monitor mode judged as a bounce. Never
             // signed.
+            None if tx.enforce => {
+                crate::logln!(
+                    "batv-milter: session={:x} sender={} action=refused reason=unreadable-sender",
+                    self.id,
+                    q(&format!("<{path}>"))
+                );
+                self.tx = Tx::default();
+                return Ok(vec![Response::ReplyCode("501 5.1.7 Bad sender address syntax (BATV)".into())]);
+            }
             None => tx.sender = Some(String::new()),
         }
         let authenticated = self.macros.get("{auth_authen}").is_some_and(|a| !a.is_empty());

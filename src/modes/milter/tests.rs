@@ -677,3 +677,15 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn an_unreadable_sender_is_refused_when_enforcing() {
+    let s = server(|_| {});
+    let mut c = session(&s, b'4', OUTSIDE);
+    let r = ok(&mut c, mail("<a b@@example.org>"));
+    assert!(reply(&r).starts_with("501 5.1.7 "), "{r:?}");
+    // Monitor mode lets it through, judged as a bounce.
+    let s = server(|c| c.milter.enforce = false);
+    let mut c = session(&s, b'4', OUTSIDE);
+    assert_eq!(ok(&mut c, mail("<a b@@example.org>")), cont());
+}
