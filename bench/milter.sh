@@ -81,22 +81,25 @@ tmp=$(mktemp -d)
 pids=()
 master_pid=
 cleanup() {
-  local p i
-  # SIGTERM to Postfix's master stops it and its children; `postfix start-fg` then exits.
-  [ -n "$master_pid" ] && kill -TERM "$master_pid" 2>/dev/null
-  for p in "${pids[@]}"; do
-    [ "$p" = "${pf_pid:-}" ] && continue
-    kill -TERM "$p" 2>/dev/null || true
-  done
-  if [ -n "${pf_pid:-}" ]; then
-    for i in $(seq 100); do kill -0 "$pf_pid" 2>/dev/null || break; sleep 0.1; done
-    [ -n "$master_pid" ] && kill -KILL "$master_pid" 2>/dev/null
-    kill -TERM "$pf_pid" 2>/dev/null || true
+  local p i kids=()
+  # SIGTERM to Postfix's master stops it and its children (`postfix start-fg` then exits);
+  # they are waited for by PID, so nothing writes into $tmp while it is removed.
+  if [ -n "$master_pid" ]; then
+    read -r -a kids <<<"$(pf_procs 2>/dev/null | awk '{ printf "%s ", $1 }')"
+    kill -TERM "$master_pid" 2>/dev/null || true
+    for i in $(seq 100); do
+      for p in "${kids[@]}"; do kill -0 "$p" 2>/dev/null && break; p=; done
+      [ -z "${p:-}" ] && break
+      sleep 0.1
+    done
+    for p in "${kids[@]}"; do kill -0 "$p" 2>/dev/null && kill -KILL "$p" 2>/dev/null; done; true
   fi
+  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
   for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-  rm -rf "$tmp"
+  rm -rf "$tmp" 2>/dev/null || { sleep 1; rm -rf "$tmp"; }
 }
 trap cleanup EXIT
+trap "exit 1" INT TERM HUP
 
 # --- Helpers -----------------------------------------------------------------------------
 free_port() {
@@ -320,8 +323,15 @@ done
 kill -0 "$milter_pid" || { echo "bench: the milter died:" >&2; tail "$tmp/milter.log" >&2; exit 1; }
 
 # The milter did its work: signed senders and stripped recipients reached delivery.
-signed=$(grep -c 'from=<prvs=' "$pf/maillog" || true)
-stripped=$(grep -c 'to=<rcpt@example\.org>.*orig_to=<prvs=' "$pf/maillog" || true)
+# Expected: the warm-up's 200 outbound and 100 bounces through the milter, and the rows'.
+want_signed=$((200 + rounds * (msgs[1] + msgs[20])))
+want_stripped=$((100 + (bounces == 1 ? rounds * msgs[20] : 0)))
+for _ in $(seq 50); do   # postlogd writes the maillog asynchronously
+  signed=$(grep -c 'qmgr.*from=<prvs=' "$pf/maillog" || true)
+  stripped=$(grep -c 'postfix/discard.*to=<rcpt@example\.org>' "$pf/maillog" || true)
+  [ "$signed" = "$want_signed" ] && [ "$stripped" = "$want_stripped" ] && break
+  sleep 0.1
+done
 grep -v 'verdict=bounce-ok\|listening on' "$tmp/milter.log" | sed 's/^/bench: milter said: /' >&2 || true
 
 # --- Summary -----------------------------------------------------------------------------
@@ -345,5 +355,8 @@ printf '  whole Postfix (master and children) %7s us without, %7s us with\n' \
   "$(us "${pcpu[plain]}" "${side_msgs[plain]}")" "$(us "${pcpu[milter]}" "${side_msgs[milter]}")"
 printf '  milter / smtpd (with it) %7.2f\n' \
   "$(awk -v a="$milter_cpu" -v b="${smtpd_cpu[milter]}" 'BEGIN { print (b > 0) ? a / b : 0 }')"
-echo "Delivered with a signed sender: $signed; bounces with the tag stripped: $stripped (maillog)"
+echo "Delivered (maillog) with a signed sender: $signed of $want_signed; bounces with the tag stripped: $stripped of $want_stripped"
+if [ "$signed" != "$want_signed" ] || [ "$stripped" != "$want_stripped" ]; then
+  echo "bench: the milter did not sign or strip every message it should have" >&2; exit 1
+fi
 exit 0
