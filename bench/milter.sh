@@ -2,7 +2,7 @@
 # Messages per second through a whole Postfix with batv's milter, against the same Postfix
 # without it, in one run.
 #
-#   bash bench/milter.sh                 # full run: about 2 minutes on 2 cores, plus the build
+#   bash bench/milter.sh                 # full run: about 4 minutes on 2 cores, plus the build
 #   QUICK=1 bash bench/milter.sh         # smoke test: a tenth of the messages
 #   ROUNDS=5 bash bench/milter.sh
 #
