@@ -303,3 +303,94 @@ fn forged_tags_are_refused_and_guessers_cut_off() {
         assert_eq!(codes(&r), [250, 250, 354, 250], "{r:?}");
     });
 }
+
+/// A delivery report (RFC 3464) for bob@example.org, returning a message `original` sent,
+/// with a forged `X-BATV:` field; its epilogue ends "Hello." as the site's messages do.
+fn dsn(original: &str, tag: &str) -> String {
+    format!(
+        "From: Mail Delivery System <MAILER-DAEMON@mx.remote.test>\r\n\
+To: bob@example.org\r\n\
+Subject: Undelivered Mail Returned to Sender {tag}\r\n\
+X-BATV: bounce-with-valid-tag; reason=valid\r\n\
+MIME-Version: 1.0\r\n\
+Content-Type: multipart/report; report-type=delivery-status; boundary=\"b1\"\r\n\
+\r\n\
+--b1\r\n\
+Content-Type: text/plain\r\n\
+\r\n\
+Your message could not be delivered.\r\n\
+\r\n\
+--b1\r\n\
+Content-Type: message/delivery-status\r\n\
+\r\n\
+Reporting-MTA: dns; mx.remote.test\r\n\
+\r\n\
+Final-Recipient: rfc822; nobody@remote.test\r\n\
+Action: failed\r\n\
+Status: 5.1.1\r\n\
+\r\n\
+--b1\r\n\
+Content-Type: message/rfc822\r\n\
+\r\n\
+Return-Path: <{original}>\r\n\
+From: Bob <bob@example.org>\r\n\
+To: nobody@remote.test\r\n\
+Subject: hello\r\n\
+\r\n\
+hello\r\n\
+\r\n\
+--b1--\r\n\
+Hello.\r\n"
+    )
+}
+
+/// One message from a non-null sender, as raw DATA: the reply to its end.
+fn send_message(s: &Site, from: &str, rcpt: &str, message: &str) -> String {
+    let mut c = common::peers::Client::connect_from(&format!("127.0.0.1:{}", s.mx), OUTSIDE);
+    assert_eq!(code(&c.reply()), 220);
+    assert_eq!(code(&c.cmd("EHLO mx.remote.test")), 250);
+    assert_eq!(code(&c.cmd(&format!("MAIL FROM:<{from}>"))), 250);
+    assert_eq!(code(&c.cmd(&format!("RCPT TO:<{rcpt}>"))), 250);
+    assert_eq!(code(&c.cmd("DATA")), 354);
+    c.send(message.as_bytes());
+    let r = c.cmd(".");
+    c.cmd("QUIT");
+    r
+}
+
+/// The DATA check in the milter: backscatter from a non-null sender is marked (the forged
+/// field removed) or, with data_check_refuse, refused at end of message; a bounce of mail
+/// we did send is delivered.
+#[test]
+fn the_data_check_marks_or_refuses_backscatter_without_the_null_sender() {
+    bounded(LIMIT, || {
+        let Some(s) = site("data_check = true\n") else { return };
+        let r = send_message(&s, "mailer-daemon@remote.test", "bob@example.org", &dsn("bob@example.org", "dc1"));
+        assert_eq!(code(&r), 250, "{r}\n{}", s.milter.log());
+        let m = s.one("dc1");
+        assert_eq!(
+            m.headers("X-BATV"),
+            ["X-BATV: backscatter; reason=untagged; kind=delivery-report"],
+            "ours only: {m:#?}"
+        );
+        let tagged = s.store.sign(NOW, "bob@example.org");
+        let r = send_message(&s, "mailer-daemon@remote.test", "bob@example.org", &dsn(&tagged, "dc2"));
+        assert_eq!(code(&r), 250, "{r}");
+        let m = s.one("dc2");
+        assert_eq!(
+            m.headers("X-BATV"),
+            ["X-BATV: bounce-with-valid-tag; reason=valid; kind=delivery-report"],
+            "{m:#?}"
+        );
+    });
+    bounded(LIMIT, || {
+        let Some(s) = site("data_check = true\ndata_check_refuse = true\n") else {
+            return;
+        };
+        let r = send_message(&s, "mailer-daemon@remote.test", "bob@example.org", &dsn("bob@example.org", "dc3"));
+        assert_eq!(code(&r), 550, "{r}\n{}", s.milter.log());
+        assert!(r.contains("5.7.1") && r.contains("BATV"), "{r}");
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(s.sink_is_empty());
+    });
+}

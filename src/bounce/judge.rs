@@ -120,3 +120,27 @@ fn same_address(a: &str, b: &str) -> bool {
     let domain = |d| crate::core::address::canonical_domain(d).ok();
     a.local.eq_ignore_ascii_case(&b.local) && domain(a.domain).is_some() && domain(a.domain) == domain(b.domain)
 }
+/// The DATA check's tag question about a message: the returned sender, when it is one of
+/// ours and carries a tag: Some(true) if the tag fails (a guess, counted as the proxy and
+/// milter count invalid tags), Some(false) if it is authentic; None otherwise.
+pub fn returned_tag_failed(report: &Report, rules: &Rules, keys: &KeySet, today: i64) -> Option<bool> {
+    let a = report.original_sender.as_deref()?;
+    let v = tag::verify(a, today, rules.schemes, |k| keys.get(k)).ok()?;
+    let ours = crate::core::address::parse(a).is_ok_and(|x| rules.protected.contains(x.domain));
+    (v != Verdict::Untagged && ours).then_some(matches!(v, Verdict::BadSignature | Verdict::UnknownKey(_) | Verdict::Malformed(_)))
+}
+
+/// The DATA check's verdict on a message for its untagged recipients, each judged on its
+/// own (a tag vouches only for its own address): the worst, and whose it is. None without
+/// recipients.
+pub fn worst_for<'r>(report: &Report, rcpts: &'r [String], rules: &Rules, keys: &KeySet, today: i64) -> Option<(CheckVerdict, &'r str)> {
+    let rank = |v: &CheckVerdict| match v {
+        CheckVerdict::Backscatter(_) => 0,
+        CheckVerdict::Unknown(_) => 1,
+        _ => 2,
+    };
+    rcpts
+        .iter()
+        .map(|r| (judge(report, Some(r), rules, keys, today), r.as_str()))
+        .min_by_key(|(v, _)| rank(v))
+}

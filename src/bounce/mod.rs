@@ -16,7 +16,17 @@ mod sender;
 mod text;
 
 use classify::classify;
-pub use judge::{judge, CheckVerdict};
+pub use judge::{judge, returned_tag_failed, worst_for, CheckVerdict};
+
+/// The DATA check's settings (proxy and milter): what of a message is inspected, and
+/// whether backscatter is refused or only marked.
+#[derive(Debug, Clone, Copy)]
+pub struct DataCheck {
+    /// Octets of a message inspected.
+    pub limit: usize,
+    /// Refuse backscatter (else only mark it).
+    pub refuse: bool,
+}
 use sender::original_sender;
 pub(crate) use text::floor;
 use text::{bare, first_address};

@@ -77,6 +77,11 @@ Exemptions, trusted_relays and max_failed_tags (421 4.7.0) as in the proxy. With
 strip: a recipient with an authentic tag (valid or expired) is replaced by its original
 address at end of message (SMFIR_DELRCPT, then SMFIR_ADDRCPT_PAR with its parameters).
 
+milter.data_check = true adds the proxy's DATA check: mail from a non-null sender to a
+protected, untagged recipient is inspected at end of message (header and first
+data_check_kib KiB); a bounce gets an X-BATV: header (forged ones removed), and with
+data_check_refuse backscatter is refused with 550 5.7.1.
+
 A malformed packet ends that connection only; the MTA's default action (Postfix
 milter_default_action) decides about the mail in progress. Runs as proxy and daemon do:
 sockets from systemd or milter.listen, root dropping to user, SIGHUP reloads, SIGUSR1 and

@@ -322,6 +322,14 @@ pub struct MilterConfig {
     pub idle_timeout_ms: u64,
     #[serde(default, deserialize_with = "loopback_opt", skip_serializing_if = "Option::is_none")]
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// The proxy's DATA check, here: mail from a non-null sender to a protected untagged
+    /// recipient is inspected (its header and first `data_check_kib`) at end of message.
+    #[serde(default)]
+    pub data_check: bool,
+    #[serde(default)]
+    pub data_check_refuse: bool,
+    #[serde(default = "default_data_check_kib", deserialize_with = "data_check_kib")]
+    pub data_check_kib: u32,
 }
 
 fn default_milter_listen() -> Vec<Listen> {
@@ -353,6 +361,9 @@ impl Default for MilterConfig {
             max_connections: default_daemon_max_connections(),
             idle_timeout_ms: default_idle_timeout(),
             metrics_listen: None,
+            data_check: false,
+            data_check_refuse: false,
+            data_check_kib: default_data_check_kib(),
         }
     }
 }

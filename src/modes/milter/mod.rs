@@ -38,6 +38,8 @@ pub struct Settings {
     enforce_after: Option<i64>,
     max_failed_tags: u32,
     idle: Duration,
+    /// The DATA check, if on.
+    data_check: Option<crate::bounce::DataCheck>,
 }
 
 impl Settings {
@@ -56,6 +58,10 @@ impl Settings {
             enforce_after: m.enforce_after.as_deref().and_then(|t| crate::core::time::parse_now(t).ok()),
             max_failed_tags: m.max_failed_tags.get(),
             idle: Duration::from_millis(m.idle_timeout_ms.max(1)),
+            data_check: m.data_check.then_some(crate::bounce::DataCheck {
+                limit: m.data_check_kib as usize * 1024,
+                refuse: m.data_check_refuse,
+            }),
         })
     }
 

@@ -49,6 +49,12 @@ struct Tx {
     accepted: [u32; 2],
     backscatter_reason: &'static str,
     strips: Vec<Strip>,
+    /// For the DATA check (non-null senders): the accepted recipients that are protected
+    /// and untagged, each judged on its own; the header and body seen so far, up to the
+    /// limit; and how many X-BATV fields the message brought (forged: they go).
+    untagged: Vec<String>,
+    head: Vec<u8>,
+    forged_fields: u32,
     /// Snapshot and clock taken at MAIL.
     enforce: bool,
     today: i64,
@@ -64,6 +70,8 @@ pub(super) struct Conn<'a> {
     local: bool,
     tx: Tx,
     id: u64,
+    /// The actions the MTA agreed to.
+    actions: u32,
 }
 
 pub(super) async fn serve(server: &Server<Milter>, conn: Connection, mut stop: Stop) {
@@ -126,6 +134,7 @@ impl<'a> Conn<'a> {
             local: false,
             tx: Tx::default(),
             id,
+            actions: 0,
         }
     }
 }
@@ -139,7 +148,16 @@ impl Conn<'_> {
                 actions,
                 protocol,
             } => {
-                let (version, actions, protocol) = milter::negotiate(version, actions, protocol, ACTIONS, ACTIONS, PROTOCOL)?;
+                // The DATA check needs the header and body, and may remove forged fields.
+                let check = self.state.settings.data_check.is_some();
+                let want_protocol = if check {
+                    PROTOCOL & !(SMFIP_NOHDRS | SMFIP_NOEOH | SMFIP_NOBODY)
+                } else {
+                    PROTOCOL
+                };
+                let want_actions = if check { ACTIONS | SMFIF_CHGHDRS } else { ACTIONS };
+                let (version, actions, protocol) = milter::negotiate(version, actions, protocol, want_actions, ACTIONS, want_protocol)?;
+                self.actions = actions;
                 // Macro lists are a version 6 feature: below it, the MTA's own choice.
                 let macros = if version >= 6 {
                     vec![
@@ -178,7 +196,24 @@ impl Conn<'_> {
             Command::Mail(args) => self.mail(&args),
             Command::Rcpt(args) => Ok(vec![self.rcpt(&args)]),
             Command::Data => Ok(vec![self.data()]),
-            Command::Header { .. } | Command::Eoh | Command::Body(_) | Command::Unknown(_) => cont(),
+            Command::Header { name, value } => {
+                if name.trim().eq_ignore_ascii_case("X-BATV") {
+                    // Only our header may speak for us.
+                    self.tx.forged_fields += 1;
+                } else {
+                    self.keep(format!("{name}: {value}\r\n").as_bytes());
+                }
+                cont()
+            }
+            Command::Eoh => {
+                self.keep(b"\r\n");
+                cont()
+            }
+            Command::Body(chunk) => {
+                self.keep(&chunk);
+                cont()
+            }
+            Command::Unknown(_) => cont(),
             Command::BodyEob => Ok(self.end_of_message()),
             Command::Abort => {
                 // The transaction's macros go with it; the connection's stay.
@@ -298,6 +333,20 @@ impl Conn<'_> {
             });
         }
         if !bounce {
+            // Recipients with a tag, valid or not, are not inspected: a bounce carries the
+            // null sender, and what else reaches a tag is not backscatter.
+            if s.data_check.is_some() && !trusted {
+                if j.verdict == TxVerdict::Unreadable && enforce {
+                    // The DATA check judges the message for its recipients: one it cannot
+                    // read is one it cannot judge.
+                    c.refused.inc();
+                    self.log(path, &j, "refused");
+                    return Response::ReplyCode(REFUSE_UNREADABLE.into());
+                }
+                if matches!(j.reason, "untagged" | "unreadable-address") {
+                    self.tx.untagged.push(j.relay.clone().unwrap_or_else(|| path.to_string()));
+                }
+            }
             return Response::Continue;
         }
         match j.verdict {
@@ -364,9 +413,108 @@ impl Conn<'_> {
         Response::Continue
     }
 
+    /// Keep header or body octets for the DATA check, up to its limit.
+    fn keep(&mut self, bytes: &[u8]) {
+        let Some(check) = self.state.settings.data_check else { return };
+        let room = check.limit.saturating_sub(self.tx.head.len());
+        self.tx.head.extend_from_slice(&bytes[..bytes.len().min(room)]);
+    }
+
+    /// The DATA check at end of message: a refusal, or the header to add (if any).
+    fn data_check(&self, tx: &Tx) -> Result<Option<String>, Response> {
+        let state = &self.state;
+        let s = &state.settings;
+        let Some(check) = s.data_check else { return Ok(None) };
+        let bounce = tx.sender.as_deref() == Some("");
+        let trusted = self.client.is_some_and(|ip| s.trusted(ip));
+        if bounce || tx.untagged.is_empty() || trusted {
+            return Ok(None);
+        }
+        let report = crate::bounce::inspect(&tx.head, tx.head.len(), false);
+        let c = &self.server.service.counters;
+        // The returned sender's tag is checked here, so this is a guesser's oracle too.
+        if let (Some(failed), Some(ip)) = (
+            crate::bounce::returned_tag_failed(&report, &s.rules, &state.keys, tx.today),
+            self.client,
+        ) {
+            if self
+                .server
+                .service
+                .failed_tags
+                .over_limit(ip, failed, s.max_failed_tags, self.server.now())
+                && tx.enforce
+            {
+                c.failed_tag_closes.inc();
+                crate::logln!(
+                    "batv-milter: session={:x} client={ip} check=data action=deferred-too-many-invalid-tags",
+                    self.id
+                );
+                return Err(Response::ReplyCode("451 4.7.0 Too many invalid BATV tags, try again later".into()));
+            }
+        }
+        let Some((verdict, rcpt)) = crate::bounce::worst_for(&report, &tx.untagged, &s.rules, &state.keys, tx.today) else {
+            return Ok(None);
+        };
+        let backscatter = matches!(verdict, crate::bounce::CheckVerdict::Backscatter(_));
+        let action = match (backscatter, check.refuse, tx.enforce) {
+            (true, true, true) => "refused",
+            (true, true, false) => "marked-monitor",
+            _ if verdict == crate::bounce::CheckVerdict::NotABounce => "delivered",
+            _ => "marked",
+        };
+        crate::logln!(
+            "batv-milter: session={:x} queue_id={} sender={} rcpt={} check=data verdict={} reason={} kind={} inspected={} action={action}",
+            self.id,
+            q(self.macros.get("i").unwrap_or("-")),
+            q(&format!("<{}>", tx.sender.as_deref().unwrap_or(""))),
+            q(&format!("<{rcpt}>")),
+            verdict.name(),
+            verdict.reason(),
+            report.kind.name(),
+            tx.head.len(),
+        );
+        if action == "refused" {
+            c.refused.inc();
+            return Err(Response::ReplyCode(
+                "550 5.7.1 Backscatter refused: this bounces a message this address never sent (BATV)".into(),
+            ));
+        }
+        if verdict == crate::bounce::CheckVerdict::NotABounce {
+            return Ok(None);
+        }
+        let monitor = if action == "marked-monitor" { "; mode=monitor" } else { "" };
+        Ok(Some(format!(
+            "{}; reason={}; kind={}{monitor}",
+            verdict.name(),
+            verdict.reason(),
+            report.kind.name()
+        )))
+    }
+
     fn end_of_message(&mut self) -> Vec<Response> {
         let tx = std::mem::take(&mut self.tx);
         let mut out = Vec::new();
+        let checked = match self.data_check(&tx) {
+            // Refused: the message goes nowhere, so nothing of it is changed.
+            Err(refusal) => return vec![refusal],
+            Ok(h) => h,
+        };
+        if self.actions & SMFIF_CHGHDRS != 0 {
+            // Forged X-BATV fields go, the last first (an index counts the fields left).
+            for i in (1..=tx.forged_fields).rev() {
+                out.push(Response::ChgHeader {
+                    index: i,
+                    name: "X-BATV".into(),
+                    value: String::new(),
+                });
+            }
+        }
+        if let Some(value) = checked {
+            out.push(Response::AddHeader {
+                name: "X-BATV".into(),
+                value,
+            });
+        }
         if let Some((from, args)) = tx.sign {
             self.server.service.counters.signed.inc();
             crate::logln!(

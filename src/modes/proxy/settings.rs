@@ -31,14 +31,7 @@ pub struct Settings {
     pub data_check: Option<DataCheck>,
 }
 
-/// The DATA check's settings.
-#[derive(Debug, Clone, Copy)]
-pub struct DataCheck {
-    /// Octets of a message inspected.
-    pub limit: usize,
-    /// Refuse backscatter (else only mark it).
-    pub refuse: bool,
-}
+pub use crate::bounce::DataCheck;
 
 impl Settings {
     pub fn from_config(config: &Config) -> Result<Settings, String> {

@@ -342,16 +342,7 @@ impl Policy for Verify<'_> {
         // The returned sender's tag is checked here, so this is a guesser's oracle too: a
         // client that has used up its failed tags gets no answer, and a failure counts.
         let rules = &self.state.settings.rules;
-        let tag = report.original_sender.as_deref().and_then(|a| {
-            let v = tag::verify(a, self.today, rules.schemes, |k| self.state.keys.get(k)).ok()?;
-            let ours = crate::core::address::parse(a).is_ok_and(|x| rules.protected.contains(x.domain));
-            (v != tag::Verdict::Untagged && ours).then_some(v)
-        });
-        if let Some(v) = tag {
-            let failed = matches!(
-                v,
-                tag::Verdict::BadSignature | tag::Verdict::UnknownKey(_) | tag::Verdict::Malformed(_)
-            );
+        if let Some(failed) = bounce::returned_tag_failed(&report, rules, &self.state.keys, self.today) {
             let now = self.server.now();
             if self
                 .server
@@ -370,19 +361,7 @@ impl Policy for Verify<'_> {
                 return Err(Reply::new(451, "4.7.0", "Too many invalid BATV tags, try again later"));
             }
         }
-        // Every untagged recipient on its own: the message is backscatter if it is for any
-        // of them (a tag vouches only for its own address).
-        let verdicts: Vec<(CheckVerdict, &str)> = self
-            .untagged_rcpts
-            .iter()
-            .map(|r| (bounce::judge(&report, Some(r), rules, &self.state.keys, self.today), r.as_str()))
-            .collect();
-        let rank = |v: &CheckVerdict| match v {
-            CheckVerdict::Backscatter(_) => 0,
-            CheckVerdict::Unknown(_) => 1,
-            _ => 2,
-        };
-        let Some((verdict, rcpt)) = verdicts.into_iter().min_by_key(|(v, _)| rank(v)) else {
+        let Some((verdict, rcpt)) = bounce::worst_for(&report, &self.untagged_rcpts, rules, &self.state.keys, self.today) else {
             return Ok(None);
         };
         if let Some(i) = DATA_CHECK_VERDICTS.iter().position(|v| *v == verdict.name()) {
