@@ -82,6 +82,7 @@ struct Site {
     sink: SmtpSink,
     store: Store,
     mx: u16,
+    submission: u16,
 }
 
 /// A site, or None (skip) where Postfix cannot run. `batv` follows the `[milter]` line.
@@ -125,20 +126,34 @@ export_environment = TZ MAIL_CONFIG LANG LD_LIBRARY_PATH={lib}
         sink = sink.port,
         milter = milter.addr,
     );
-    let services = [format!("127.0.0.1:{mx} inet n - n - - smtpd")];
-    let pf = Postfix::start(&root, &main, &services, &[mx]);
+    // A submission port beside the MX, for clients of mynetworks only, with the milter
+    // named on the service as master.cf would.
+    let submission = free_port();
+    let services = [
+        format!("127.0.0.1:{mx} inet n - n - - smtpd"),
+        format!(
+            "127.0.0.1:{submission} inet n - n - - smtpd -o smtpd_client_restrictions=permit_mynetworks,reject -o smtpd_milters=inet:{}",
+            milter.addr
+        ),
+    ];
+    let pf = Postfix::start(&root, &main, &services, &[mx, submission]);
     Some(Site {
         pf,
         milter,
         sink,
         store,
         mx,
+        submission,
     })
 }
 
 impl Site {
     fn transaction(&self, source: Ipv4Addr, from: &str, rcpts: &[&str], tag: &str) -> Vec<String> {
-        let mut c = common::peers::Client::connect_from(&format!("127.0.0.1:{}", self.mx), source);
+        self.transaction_on(self.mx, source, from, rcpts, tag)
+    }
+
+    fn transaction_on(&self, port: u16, source: Ipv4Addr, from: &str, rcpts: &[&str], tag: &str) -> Vec<String> {
+        let mut c = common::peers::Client::connect_from(&format!("127.0.0.1:{port}"), source);
         assert_eq!(code(&c.reply()), 220);
         assert_eq!(code(&c.cmd("EHLO mx.remote.test")), 250);
         let r = send_transaction(&mut c, from, rcpts, tag);
@@ -392,5 +407,21 @@ fn the_data_check_marks_or_refuses_backscatter_without_the_null_sender() {
         assert!(r.contains("5.7.1") && r.contains("BATV"), "{r}");
         std::thread::sleep(Duration::from_millis(300));
         assert!(s.sink_is_empty());
+    });
+}
+
+/// Mail submitted on the submission port leaves signed; a stranger is turned away there
+/// by Postfix before batv is asked.
+#[test]
+fn the_submission_port_signs() {
+    bounded(LIMIT, || {
+        let Some(s) = site("") else { return };
+        let r = s.transaction_on(s.submission, INSIDE, "bob@example.org", &["<dave@remote.test>"], "sub1");
+        assert_eq!(codes(&r), [250, 250, 354, 250], "{r:?}");
+        let m = s.one("sub1");
+        assert!(m.from.starts_with("prvs="), "signed: {m:#?}");
+        assert_eq!(s.store.verify(NOW, &[&m.from]).unwrap(), ["bob@example.org"]);
+        let r = s.transaction_on(s.submission, OUTSIDE, "bob@example.org", &["<dave@remote.test>"], "sub2");
+        assert!(r.iter().any(|x| code(x) / 100 == 5), "{r:?}");
     });
 }
