@@ -6,11 +6,11 @@
 mod common;
 
 use std::net::Ipv4Addr;
-use std::process::{Child, Command};
-use std::sync::{mpsc, Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
-use common::daemon_proc::{bounded, spawn_logged, Store, BIN, NOW};
+use common::daemon_proc::{bounded, Store, NOW};
+use common::milter_proc::Milter;
 use common::peers::code;
 use common::postfix::{can_run_postfix, free_port, Postfix};
 use common::postfix_site::{delivered, ended, send_transaction, Message};
@@ -19,60 +19,6 @@ use common::proxy::{postfix_root, SmtpSink};
 const LIMIT: Duration = Duration::from_secs(120);
 const INSIDE: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 1);
 const OUTSIDE: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
-
-/// `batv milter` on a loopback port, and its log.
-struct Milter {
-    child: Child,
-    addr: std::net::SocketAddr,
-    log: Arc<Mutex<String>>,
-    _lines: mpsc::Receiver<String>,
-}
-
-impl Drop for Milter {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("--- milter log ---\n{}", self.log.lock().unwrap());
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Milter {
-    fn start(store: &Store) -> Milter {
-        let mut cmd = Command::new(BIN);
-        cmd.arg("--config").arg(&store.config).arg("--keys").arg(&store.keys).args([
-            "--now",
-            NOW,
-            "milter",
-            "--listen",
-            "inet:127.0.0.1:0",
-        ]);
-        let (child, log, lines) = spawn_logged(cmd);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match lines.recv_timeout(left) {
-                Ok(l) => {
-                    if let Some(a) = l.split("listening on inet:").nth(1) {
-                        let addr = a.trim().parse().unwrap();
-                        return Milter {
-                            child,
-                            addr,
-                            log,
-                            _lines: lines,
-                        };
-                    }
-                }
-                Err(_) => panic!("batv milter did not start: {}", log.lock().unwrap()),
-            }
-        }
-    }
-
-    fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
-    }
-}
 
 /// Postfix with batv's milter, relaying to smtp-sink.
 struct Site {

@@ -18,7 +18,8 @@ use std::process::{Child, Command};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::daemon_proc::{bounded, spawn_logged, Store, BIN, NOW};
+use common::daemon_proc::{bounded, spawn_logged, Store, NOW};
+use common::milter_proc::Milter;
 use common::peers::{code, Client};
 use common::postfix::{free_port, wait_port};
 use common::postfix_site::{ended, send_transaction, sink_messages, Message};
@@ -48,60 +49,6 @@ fn sendmail_root() -> Option<PathBuf> {
     }
     let root_user = unsafe { libc::geteuid() } == 0;
     require("root (Sendmail and its namespaces)", root_user).then_some(root)
-}
-
-/// `batv milter` on a loopback port, and its log.
-struct Milter {
-    child: Child,
-    addr: std::net::SocketAddr,
-    log: Arc<Mutex<String>>,
-    _lines: mpsc::Receiver<String>,
-}
-
-impl Drop for Milter {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("--- milter log ---\n{}", self.log.lock().unwrap());
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Milter {
-    fn start(store: &Store) -> Milter {
-        let mut cmd = Command::new(BIN);
-        cmd.arg("--config").arg(&store.config).arg("--keys").arg(&store.keys).args([
-            "--now",
-            NOW,
-            "milter",
-            "--listen",
-            "inet:127.0.0.1:0",
-        ]);
-        let (child, log, lines) = spawn_logged(cmd);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match lines.recv_timeout(left) {
-                Ok(l) => {
-                    if let Some(a) = l.split("listening on inet:").nth(1) {
-                        let addr = a.trim().parse().unwrap();
-                        return Milter {
-                            child,
-                            addr,
-                            log,
-                            _lines: lines,
-                        };
-                    }
-                }
-                Err(_) => panic!("batv milter did not start: {}", log.lock().unwrap()),
-            }
-        }
-    }
-
-    fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
-    }
 }
 
 /// `sendmail -bD` with its config, queue and trace in a temporary directory.

@@ -189,6 +189,24 @@ pub fn null_sender(path: &str) -> Option<bool> {
     }
 }
 
+/// Monitor mode's mark on a bounce it let through (the `X-BATV:` value): the verdict it
+/// would have given, with each verdict's count when the recipients had both. `accepted`
+/// counts bounce-ok and backscatter recipients; the reasons are each kind's first.
+pub fn monitor_mark(accepted: [u32; 2], ok_reason: &str, backscatter_reason: &str) -> String {
+    let [ok, bad] = accepted;
+    let (v, reason) = if bad > 0 {
+        (TxVerdict::Backscatter, backscatter_reason)
+    } else {
+        (TxVerdict::BounceOk, ok_reason)
+    };
+    let mixed = if ok > 0 && bad > 0 {
+        format!("; recipients=bounce-ok:{ok},backscatter:{bad}")
+    } else {
+        String::new()
+    };
+    format!("{}; reason={reason}; mode=monitor{mixed}", v.name())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -87,6 +87,11 @@ pub trait Service: Send + Sync + Sized + 'static {
     fn render_metrics(&self) -> String;
 }
 
+/// The names of the settings that changed, for [`Service::restart_only`].
+pub fn changed(settings: &[(&'static str, bool)]) -> Vec<&'static str> {
+    settings.iter().filter_map(|&(n, changed)| changed.then_some(n)).collect()
+}
+
 /// A mode and its current state.
 pub struct Server<S: Service> {
     pub service: S,

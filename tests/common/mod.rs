@@ -155,3 +155,5 @@ pub fn exim_secret_store(dir: &Path) {
 
 /// `batv daemon` under test (tests/daemon.rs).
 pub mod daemon_proc;
+/// `batv milter` under test.
+pub mod milter_proc;

@@ -179,16 +179,13 @@ impl Service for Daemon {
 
     fn restart_only(running: &Config, new: &Config) -> Vec<&'static str> {
         let (a, b) = (&running.daemon, &new.daemon);
-        [
+        crate::server::changed(&[
             ("daemon.listen", a.listen != b.listen),
             ("daemon.max_connections", a.max_connections != b.max_connections),
             ("daemon.socket_mode", a.socket_mode != b.socket_mode),
             ("daemon.socket_group", a.socket_group != b.socket_group),
             ("daemon.metrics_listen", a.metrics_listen != b.metrics_listen),
-        ]
-        .into_iter()
-        .filter_map(|(n, changed)| changed.then_some(n))
-        .collect()
+        ])
     }
 
     fn loaded(&self, state: &State) {

@@ -172,16 +172,13 @@ impl Service for Milter {
 
     fn restart_only(running: &Config, new: &Config) -> Vec<&'static str> {
         let (a, b) = (&running.milter, &new.milter);
-        [
+        crate::server::changed(&[
             ("milter.listen", a.listen != b.listen),
             ("milter.max_connections", a.max_connections != b.max_connections),
             ("milter.socket_mode", a.socket_mode != b.socket_mode),
             ("milter.socket_group", a.socket_group != b.socket_group),
             ("milter.metrics_listen", a.metrics_listen != b.metrics_listen),
-        ]
-        .into_iter()
-        .filter_map(|(n, changed)| changed.then_some(n))
-        .collect()
+        ])
     }
 
     fn loaded(&self, state: &State) {

@@ -536,20 +536,9 @@ impl Conn<'_> {
         }
         let bounce = tx.sender.as_deref() == Some("");
         if !tx.enforce && bounce && tx.accepted != [0, 0] {
-            let [ok, bad] = tx.accepted;
-            let (v, reason) = if bad > 0 {
-                (TxVerdict::Backscatter, tx.backscatter_reason)
-            } else {
-                (TxVerdict::BounceOk, tx.reason)
-            };
-            let mixed = if ok > 0 && bad > 0 {
-                format!("; recipients=bounce-ok:{ok},backscatter:{bad}")
-            } else {
-                String::new()
-            };
             out.push(Response::AddHeader {
                 name: "X-BATV".into(),
-                value: format!("{}; reason={reason}; mode=monitor{mixed}", v.name()),
+                value: verdict::monitor_mark(tx.accepted, tx.reason, tx.backscatter_reason),
             });
         }
         out.push(Response::Continue);

@@ -86,14 +86,11 @@ impl Service for Proxy {
 
     fn restart_only(running: &Config, new: &Config) -> Vec<&'static str> {
         let (a, b) = (&running.proxy, &new.proxy);
-        [
+        crate::server::changed(&[
             ("proxy.listen", a.listen != b.listen),
             ("proxy.max_connections", a.max_connections != b.max_connections),
             ("proxy.metrics_listen", a.metrics_listen != b.metrics_listen),
-        ]
-        .into_iter()
-        .filter_map(|(n, changed)| changed.then_some(n))
-        .collect()
+        ])
     }
 
     fn started(&self, state: &State, listeners: &[String]) {

@@ -310,18 +310,8 @@ impl Policy for Verify<'_> {
         if self.enforce || !self.bounce() || self.accepted == [0, 0] {
             return None;
         }
-        let [ok, bad] = self.accepted;
-        let (v, reason) = if bad > 0 {
-            (TxVerdict::Backscatter, self.backscatter_reason)
-        } else {
-            (TxVerdict::BounceOk, self.reason)
-        };
-        let mixed = if ok > 0 && bad > 0 {
-            format!("; recipients=bounce-ok:{ok},backscatter:{bad}")
-        } else {
-            String::new()
-        };
-        Some(format!("X-BATV: {}; reason={reason}; mode=monitor{mixed}\r\n", v.name()).into_bytes())
+        let mark = verdict::monitor_mark(self.accepted, self.reason, self.backscatter_reason);
+        Some(format!("X-BATV: {mark}\r\n").into_bytes())
     }
 
     fn inspect(&mut self) -> Option<usize> {
