@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! cli      clap definitions and the commands (the binary is a thin main over it)
-//! modes    sendmail wrapper, proxy, daemon (socketmap, policy, readsocket)
+//! modes    sendmail wrapper, proxy, daemon (socketmap, policy, readsocket), milter
 //! server   the one runtime every daemon plugs into: listeners, limits, signals,
 //!          reloads, metrics, privilege drop
 //! milter   the milter wire protocol (packets, negotiation)
