@@ -92,8 +92,15 @@ pub(super) async fn serve(server: &Server<Milter>, conn: Connection, mut stop: S
             };
             let Some(cmd) = cmd else { return Ok(()) };
             let quit = matches!(cmd, Command::Quit);
+            let mut out = Vec::new();
             for r in c.answer(cmd)? {
-                io.get_mut().write_all(&milter::encode(&r)).await?;
+                out.extend_from_slice(&milter::encode(&r));
+            }
+            // An MTA that stops reading must not hold the connection for ever.
+            if !out.is_empty() {
+                tokio::time::timeout(idle, io.get_mut().write_all(&out))
+                    .await
+                    .map_err(|_| MilterError::Timeout)??;
             }
             if quit {
                 return Ok(());
