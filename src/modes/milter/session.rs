@@ -125,6 +125,14 @@ fn unbracket(s: &str) -> &str {
     s.strip_prefix('<').and_then(|s| s.strip_suffix('>')).unwrap_or(s)
 }
 
+/// A client address as MTAs write it: `192.0.2.1`, `IPv6:2001:db8::1`, `[192.0.2.1]`.
+fn client_address(s: &str) -> Option<IpAddr> {
+    let s = s.trim();
+    let s = s.strip_prefix('[').and_then(|x| x.strip_suffix(']')).unwrap_or(s);
+    let s = s.strip_prefix("IPv6:").or_else(|| s.strip_prefix("ipv6:")).unwrap_or(s);
+    s.parse().ok()
+}
+
 /// ESMTP parameters as one string (CHGFROM and ADDRCPT_PAR take them so), or None.
 fn params(args: &[String]) -> Option<String> {
     (args.len() > 1).then(|| args[1..].join(" "))
@@ -187,12 +195,13 @@ impl Conn<'_> {
                 Ok(vec![])
             }
             Command::Connect { family, address, .. } => {
+                // Only what the MTA says is local is local: an address that cannot be read
+                // (or an unknown family) is a stranger without an address, never signed.
+                self.local = matches!(family, b'L' | b'U');
                 self.client = match family {
-                    b'4' | b'6' => address.trim_start_matches("IPv6:").parse().ok(),
+                    b'4' | b'6' => client_address(&address).or_else(|| self.macros.get("{client_addr}").and_then(client_address)),
                     _ => None,
                 };
-                // No address (a unix socket, or the MTA's own submission): local.
-                self.local = self.client.is_none();
                 // A new SMTP session: nothing of an earlier one (a transaction the MTA
                 // never ended, its macros after CONNECT's) carries over to it.
                 self.tx = Tx::default();

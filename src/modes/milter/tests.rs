@@ -689,3 +689,18 @@ fn an_unreadable_sender_is_refused_when_enforcing() {
     let mut c = session(&s, b'4', OUTSIDE);
     assert_eq!(ok(&mut c, mail("<a b@@example.org>")), cont());
 }
+
+/// A client address that cannot be read is a stranger, not a local submission: never
+/// signed. The bracketed and IPv6: forms MTAs write are read.
+#[test]
+fn an_unreadable_client_address_is_not_local() {
+    let s = server(|_| {});
+    let mut c = session(&s, b'4', "not-an-address");
+    let (_, eom) = transaction(&mut c, "<alice@example.org>", &["<carol@remote.test>"]);
+    assert_eq!(eom, cont(), "not signed: {eom:?}");
+    for inside in ["[127.0.0.1]", "IPv6:::1"] {
+        let mut c = session(&s, if inside.contains(':') { b'6' } else { b'4' }, inside);
+        let (_, eom) = transaction(&mut c, "<alice@example.org>", &["<carol@remote.test>"]);
+        assert!(matches!(eom[0], Response::ChgFrom { .. }), "{inside}: {eom:?}");
+    }
+}
