@@ -132,8 +132,8 @@ fn reject_at_rcpt_and_monitor_mode() {
 
 #[test]
 fn downstream_down_gets_421() {
-    // A port nothing listens on: bind, note it, close.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    // A port nothing listens on.
+    let port = common::free_port();
     let p = Proxy::start(&format!("127.0.0.1:{port}"), "");
     let out = p.session(b"EHLO x\r\n");
     assert!(out.starts_with("421 4.4.2"), "{out}");

@@ -635,7 +635,7 @@ fn failed_tag_and_error_limits_close_the_session() {
 #[test]
 fn metrics_endpoint() {
     let Some((sink, _t)) = setup() else { return };
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = common::free_port();
     let p = Proxy::start(
         &format!("127.0.0.1:{}", sink.port),
         &format!("metrics_listen = \"127.0.0.1:{port}\"\n"),

@@ -311,7 +311,7 @@ fn an_unknown_user_is_a_configuration_error() {
 #[test]
 fn the_daemon_serves_its_counters() {
     bounded(LIMIT, || {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = common::free_port();
         let d = Daemon::start(&format!("[daemon]\nmetrics_listen = \"127.0.0.1:{port}\"\n"));
         d.wait_log(&format!("metrics on http://127.0.0.1:{port}/metrics"), 1);
         let signed = d.unix().lookup("sign", "bob@example.org");

@@ -79,6 +79,32 @@ impl Drop for Sink {
     }
 }
 
+/// A free loopback port for a peer that binds it itself (Postfix, smtp-sink, a configured
+/// listener). Picked below the kernel's ephemeral range, where `bind(0)` (every listener
+/// this suite lets the kernel place) and outgoing connections never land: a port taken from
+/// `bind(0)` and released can be handed out again to the next `bind(0)` before the peer
+/// binds it, and the test then talks to a stranger (seen: a Postfix that could not bind,
+/// and a client that waited for a greeting from another test's listener).
+pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32768);
+    // [low - span, low): far from the well-known ports; a per-process start, so test
+    // binaries run one after another (with TIME_WAIT left behind) rarely meet.
+    let span = 10_000.min(low.saturating_sub(1100));
+    let start = std::process::id().wrapping_mul(7919) % span;
+    for _ in 0..span {
+        let port = low - span + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % span;
+        if std::net::TcpListener::bind(("127.0.0.1", port as u16)).is_ok() {
+            return port as u16;
+        }
+    }
+    panic!("no free loopback port below {low}");
+}
+
 pub mod data;
 pub mod postfix;
 /// A whole Postfix MX with `batv daemon` as the README wires it.

@@ -13,10 +13,7 @@ pub struct Postfix {
     script: Child,
 }
 
-/// A free loopback port (bound, then released).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
+pub use super::free_port;
 
 /// Wait until something listens on 127.0.0.1:port.
 pub fn wait_port(port: u16) -> bool {

@@ -204,7 +204,7 @@ impl SmtpSink {
     pub fn start(root: &Path, options: &[&str]) -> SmtpSink {
         let dump = tempfile::tempdir().unwrap();
         std::fs::set_permissions(dump.path(), std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = super::free_port();
         let mut cmd = Command::new(root.join("usr/sbin/smtp-sink"));
         cmd.env("LD_LIBRARY_PATH", root.join("usr/lib/postfix"));
         if unsafe { libc::geteuid() } == 0 {
