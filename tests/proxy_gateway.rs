@@ -138,7 +138,10 @@ fn trusted_networks_may_relay_anywhere() {
 #[test]
 fn unknown_users_are_refused_before_the_mta_sees_them() {
     let table = "# users\nalice@example.com\n\"jdoe\"@example.com\n\"j.doe\"@example.com\nsales@example.com OK\n@lists.example.com\n";
-    let Some(gw) = gateway(Some(table), "relay_domains = [\"example.com\", \"lists.example.com\", \"empty.example\"]\n") else {
+    let Some(gw) = gateway(
+        Some(table),
+        "relay_domains = [\"example.com\", \"lists.example.com\", \"empty.example\"]\n",
+    ) else {
         return;
     };
     let from = "carol@remote.test";
@@ -184,7 +187,9 @@ fn the_local_part_may_be_compared_without_case() {
 
 #[test]
 fn the_table_reloads_when_it_changes_all_or_nothing() {
-    let Some(gw) = gateway(Some("alice@example.com\n"), "") else { return };
+    let Some(gw) = gateway(Some("alice@example.com\n"), "") else {
+        return;
+    };
     assert_eq!(gw.send_one("carol@remote.test", "bob@example.com"), 550);
     // Replaced atomically, as an admin's script would: seen within the 2 s poll.
     let tmp = gw.table.with_extension("new");
@@ -238,7 +243,11 @@ fn auth_goes_to_the_mta_only_inside_tls() {
     let sink = Sink::with_auth(dir.path(), "alice:secret");
     // Without a certificate: AUTH is not offered and is refused.
     let plain = Proxy::start(&format!("127.0.0.1:{}", sink.port), "mode = \"gateway\"\n");
-    let out = client(&plain.addr, "127.0.0.2", &["EHLO c.remote.test", "AUTH PLAIN AGFsaWNlAHNlY3JldA==", "QUIT"]);
+    let out = client(
+        &plain.addr,
+        "127.0.0.2",
+        &["EHLO c.remote.test", "AUTH PLAIN AGFsaWNlAHNlY3JldA==", "QUIT"],
+    );
     assert!(!out.contains("AUTH"), "{out}");
     assert!(reply_to(&out, 2).starts_with("538 5.7.11"), "{out}");
     assert!(plain.log.lock().unwrap().contains("AUTH is refused"));
@@ -246,10 +255,18 @@ fn auth_goes_to_the_mta_only_inside_tls() {
     let (cert, key, _) = make_cert(dir.path(), "gw");
     let tls = Proxy::start(
         &format!("127.0.0.1:{}", sink.port),
-        &format!("mode = \"gateway\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n", cert.display(), key.display()),
+        &format!(
+            "mode = \"gateway\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
+            cert.display(),
+            key.display()
+        ),
     );
     // Before STARTTLS: not offered, and refused.
-    let out = client(&tls.addr, "127.0.0.2", &["EHLO c.remote.test", "AUTH PLAIN AGFsaWNlAHNlY3JldA==", "QUIT"]);
+    let out = client(
+        &tls.addr,
+        "127.0.0.2",
+        &["EHLO c.remote.test", "AUTH PLAIN AGFsaWNlAHNlY3JldA==", "QUIT"],
+    );
     assert!(out.contains("STARTTLS") && !out.contains("AUTH"), "{out}");
     assert!(reply_to(&out, 2).starts_with("530 5.7.0"), "{out}");
     // Inside TLS, a wrong password: no relaying.
@@ -290,8 +307,14 @@ fn auth_goes_to_the_mta_only_inside_tls() {
     assert_eq!(got[0]["rcpt_tos"][0], "bob@remote.test");
     let data = got[0]["data"].as_str().unwrap();
     let field = data.split("\r\nSubject:").next().unwrap();
-    assert!(field.starts_with("Received: from c.remote.test ([127.0.0.2])\r\n\t(using TLSv1."), "{field}");
-    assert!(field.contains("(Authenticated sender: alice)") && field.contains(" with ESMTPSA id "), "{field}");
+    assert!(
+        field.starts_with("Received: from c.remote.test ([127.0.0.2])\r\n\t(using TLSv1."),
+        "{field}"
+    );
+    assert!(
+        field.contains("(Authenticated sender: alice)") && field.contains(" with ESMTPSA id "),
+        "{field}"
+    );
 }
 
 #[test]
@@ -317,7 +340,10 @@ fn config_check_knows_the_gateway() {
     std::fs::write(dir.path().join("rcpts"), "alice@example.com\n@other.example\n").unwrap();
     let (code, out) = check("sign_domains = [\"example.com\"]\n[proxy]\nmode = \"gateway\"\nvalid_recipients = \"rcpts\"\n");
     assert_eq!(code, 0, "{out}");
-    assert!(out.contains("2 valid recipients") && out.contains("1 entries outside relay_domains"), "{out}");
+    assert!(
+        out.contains("2 valid recipients") && out.contains("1 entries outside relay_domains"),
+        "{out}"
+    );
     std::fs::write(dir.path().join("rcpts"), "alice@example.com\n\nbob\n").unwrap();
     let (code, out) = check("sign_domains = [\"example.com\"]\n[proxy]\nmode = \"gateway\"\nvalid_recipients = \"rcpts\"\n");
     assert_eq!(code, 78, "{out}");
@@ -327,9 +353,19 @@ fn config_check_knows_the_gateway() {
     assert!(out.contains("gateway mode only"), "{out}");
     // The proxy itself refuses to start on a bad table.
     let keys = dir.path().join("keys");
-    assert!(std::process::Command::new(BIN).arg("--keys").arg(&keys).args(["keys", "init"]).status().unwrap().success());
+    assert!(std::process::Command::new(BIN)
+        .arg("--keys")
+        .arg(&keys)
+        .args(["keys", "init"])
+        .status()
+        .unwrap()
+        .success());
     let cfg = dir.path().join("batv.toml");
-    std::fs::write(&cfg, "sign_domains = [\"example.com\"]\n[proxy]\nmode = \"gateway\"\nvalid_recipients = \"rcpts\"\n").unwrap();
+    std::fs::write(
+        &cfg,
+        "sign_domains = [\"example.com\"]\n[proxy]\nmode = \"gateway\"\nvalid_recipients = \"rcpts\"\n",
+    )
+    .unwrap();
     let o = std::process::Command::new(BIN)
         .arg("--config")
         .arg(&cfg)

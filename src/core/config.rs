@@ -781,7 +781,7 @@ impl Config {
             c.proxy.valid_recipients.as_mut(),
         ]
         .into_iter()
-            .flatten()
+        .flatten()
         {
             if p.is_relative() {
                 *p = base.join(&*p);
@@ -943,7 +943,11 @@ enforce_after = "2026-12-01"
         let e = parse("sign_domains = [\"example.com\"]\n[proxy]\nmode = \"gateway\"\nrelay_domains = []\n").unwrap_err();
         assert!(e.contains("gateway mode needs"), "{e}");
         // Gateway settings elsewhere do nothing: refused.
-        for (k, v) in [("relay_domains", "[\"example.com\"]"), ("trusted_networks", "[\"192.0.2.1\"]"), ("valid_recipients", "\"/x\"")] {
+        for (k, v) in [
+            ("relay_domains", "[\"example.com\"]"),
+            ("trusted_networks", "[\"192.0.2.1\"]"),
+            ("valid_recipients", "\"/x\""),
+        ] {
             let e = parse(&format!("sign_domains = [\"example.com\"]\n[proxy]\nmode = \"front\"\n{k} = {v}\n")).unwrap_err();
             assert!(e.contains(&format!("proxy.{k} applies in gateway mode only")), "{e}");
         }

@@ -32,8 +32,15 @@ impl Recipients {
                 continue;
             }
             let w = l.split_whitespace().next().unwrap_or("");
-            let at = w.rfind('@').ok_or(RecipientsError::Line { line: i + 1, detail: w.into() })?;
-            let local = if case == LocalCase::Insensitive { w[..at].to_lowercase() } else { w[..at].to_string() };
+            let at = w.rfind('@').ok_or(RecipientsError::Line {
+                line: i + 1,
+                detail: w.into(),
+            })?;
+            let local = if case == LocalCase::Insensitive {
+                w[..at].to_lowercase()
+            } else {
+                w[..at].to_string()
+            };
             set.insert(format!("{local}@{}", w[at + 1..].to_ascii_lowercase()));
         }
         Ok(Recipients { set, case })
@@ -52,7 +59,11 @@ impl Recipients {
         0
     }
     pub fn knows(&self, local: &str, domain: &str, delimiters: &str) -> bool {
-        let local = if self.case == LocalCase::Insensitive { local.to_lowercase() } else { local.to_string() };
+        let local = if self.case == LocalCase::Insensitive {
+            local.to_lowercase()
+        } else {
+            local.to_string()
+        };
         let d = domain.to_ascii_lowercase();
         if self.set.contains(&format!("{local}@{d}")) || self.set.contains(&format!("@{d}")) {
             return true;

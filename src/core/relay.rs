@@ -131,7 +131,14 @@ mod tests {
         for (raw, why) in cases {
             assert_eq!(check(raw, &d), Err(Refusal::Denied(why)), "{raw}");
         }
-        for unreadable in ["", "bob@", "@example.com", "a@b@example.com", "bob@exa mple.com", "\"open@example.com"] {
+        for unreadable in [
+            "",
+            "bob@",
+            "@example.com",
+            "a@b@example.com",
+            "bob@exa mple.com",
+            "\"open@example.com",
+        ] {
             assert!(check(unreadable, &d).is_err(), "{unreadable}");
         }
         assert_eq!(check("", &d), Err(Refusal::Unreadable));

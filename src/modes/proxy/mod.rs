@@ -83,7 +83,10 @@ impl Proxy {
         // Stamped before reading: a change while it is read is seen at the next poll.
         let stamp = recipients::stamp(path);
         let mut cache = self.recipients.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(c) = cache.as_ref().filter(|c| c.path == *path && c.case == case && stamp.is_some() && c.stamp == stamp) {
+        if let Some(c) = cache
+            .as_ref()
+            .filter(|c| c.path == *path && c.case == case && stamp.is_some() && c.stamp == stamp)
+        {
             return Ok(Some(c.table.clone()));
         }
         let started = std::time::Instant::now();
@@ -167,7 +170,11 @@ impl Service for Proxy {
             crate::logln!(
                 "batv-proxy: warning: {} mode without proxy.tls_cert: no STARTTLS, so MTA-STS and DANE senders will not deliver{}",
                 s.mode.name(),
-                if s.mode == ProxyMode::Gateway { ", and AUTH is refused" } else { "" }
+                if s.mode == ProxyMode::Gateway {
+                    ", and AUTH is refused"
+                } else {
+                    ""
+                }
             );
         }
     }
@@ -349,7 +356,10 @@ async fn tls_sessions(
         };
         let (_, conn) = tls.get_ref();
         let version = conn.protocol_version().map(tls_version_name).unwrap_or_default();
-        let cipher = conn.negotiated_cipher_suite().map(|s| format!("{:?}", s.suite())).unwrap_or_default();
+        let cipher = conn
+            .negotiated_cipher_suite()
+            .map(|s| format!("{:?}", s.suite()))
+            .unwrap_or_default();
         policy.tls(version, &cipher);
         let (r, w) = tokio::io::split(ClientIo::Tls(Box::new(tls)));
         session = Session::new(BufReader::new(r), w, dr, dw, policy, limits);

@@ -59,7 +59,9 @@ impl Settings {
         }
         let p = &config.proxy;
         let tls = match (&p.tls_cert, &p.tls_key, p.mode) {
-            (Some(c), Some(k), ProxyMode::Front | ProxyMode::Gateway) => Some(front::acceptor(c, k).map_err(|e| format!("proxy.tls_cert: {e}"))?),
+            (Some(c), Some(k), ProxyMode::Front | ProxyMode::Gateway) => {
+                Some(front::acceptor(c, k).map_err(|e| format!("proxy.tls_cert: {e}"))?)
+            }
             _ => None,
         };
         let gateway = (p.mode == ProxyMode::Gateway).then(|| Gateway {

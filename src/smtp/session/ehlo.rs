@@ -118,7 +118,10 @@ mod tests {
         let b64 = |s: &[u8]| data_encoding::BASE64.encode(s).into_bytes();
         assert_eq!(sasl_user(b"PLAIN", &b64(b"\0alice\0secret")).as_deref(), Some("alice"));
         assert_eq!(sasl_user(b"PLAIN", &b64(b"admin\0alice\0secret")).as_deref(), Some("alice"));
-        assert_eq!(sasl_user(b"LOGIN", &b64(b"alice@example.com")).as_deref(), Some("alice@example.com"));
+        assert_eq!(
+            sasl_user(b"LOGIN", &b64(b"alice@example.com")).as_deref(),
+            Some("alice@example.com")
+        );
         assert_eq!(
             sasl_user(b"CRAM-MD5", &b64(b"tim b913a602c7eda7a495b4e6e7334d3890")).as_deref(),
             Some("tim")
