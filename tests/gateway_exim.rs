@@ -503,6 +503,7 @@ fn the_gateway_refuses_backscatter_and_delivers_bounces_to_valid_tags() {
         "Exim's field: {received:#?}"
     );
     let batv = &received[1];
+    eprintln!("gateway_exim: batv's field, unfolded: {batv}");
     assert!(
         batv.starts_with(&format!("Received: from {HELO} ([{CLIENT}])")),
         "batv's field names the client: {batv:?}"
