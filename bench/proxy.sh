@@ -15,6 +15,9 @@
 #   DATA_CHECK=1    run the proxy with data_check = true: every proxied message (from
 #                   sender@remote.example to the untagged rcpt@example.com) is held and
 #                   inspected, the DATA check's worst case
+#   GATEWAY=1       run the proxy in gateway mode (relay control, a Received: field per
+#                   message) with a valid_recipients table of 100 000 lines (GATEWAY_RCPTS)
+#                   that rcpt@example.com is in: every recipient is looked up
 #   BATV_BIN=PATH   use this binary instead of building target/release/batv
 #   BATV_POSTFIX_ROOT=DIR   unpacked postfix package (default target/postfix/root)
 #
@@ -167,6 +170,16 @@ sign_domains = ["example.com"]
 max_connections = $((idle_conns > 1000 ? 2 * idle_conns : 2000))
 data_check = $([ "${DATA_CHECK:-0}" = 1 ] && echo true || echo false)
 EOT
+if [ "${GATEWAY:-0}" = 1 ]; then
+  # The table as a real site's: many domains' users, ours somewhere in the middle.
+  n=${GATEWAY_RCPTS:-100000}
+  awk -v n="$n" 'BEGIN { for (i = 0; i < n; i++) { if (i == int(n / 2)) print "rcpt@example.com"; else printf "user%d@example.com\n", i } }' >"$tmp/recipients"
+  cat >>"$tmp/batv.toml" <<EOT
+mode = "gateway"
+valid_recipients = "$tmp/recipients"
+EOT
+  echo "bench: gateway mode, valid_recipients: $(wc -l <"$tmp/recipients") lines"
+fi
 # A null-sender message to this address is a genuine bounce: the proxy verifies the tag
 # (one HMAC), strips it and relays; the row shows the cost of the verifying path.
 tagged_rcpt=$("$batv" --config "$tmp/batv.toml" --keys "$tmp/keys" sign rcpt@example.com 2>/dev/null)

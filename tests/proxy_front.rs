@@ -11,31 +11,9 @@ use std::time::{Duration, Instant};
 use common::postfix::{can_run_postfix, free_port, Postfix};
 use common::proxy::*;
 use common::require;
-use sha2::{Digest, Sha256};
 
 /// A whole Postfix forks an smtpd per connection: slow on a busy machine.
 const SLOW: &str = "command_timeout_ms = 20000\n";
-
-/// Run tests/peers/client.py: greeting and replies, one line each.
-fn client(addr: &str, source: &str, commands: &[&str]) -> String {
-    let (host, port) = addr.rsplit_once(':').unwrap();
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers/client.py");
-    let o = Command::new("/usr/bin/python3")
-        .arg(script)
-        .args([host, port, "--source", source])
-        .args(commands)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "client: {}", String::from_utf8_lossy(&o.stderr));
-    String::from_utf8(o.stdout).unwrap()
-}
-
-/// The n-th final reply line (0 is the greeting; DATA has two: 354 and the final one).
-fn reply_to(out: &str, n: usize) -> String {
-    let is_final = |l: &str| l.len() >= 4 && l.as_bytes()[..3].iter().all(u8::is_ascii_digit) && l.as_bytes()[3] == b' ';
-    let finals: Vec<&str> = out.lines().filter(|l| is_final(l) || *l == "EOF").collect();
-    finals.get(n).copied().unwrap_or("none").to_string()
-}
 
 /// Mail to example.com is relayed to smtp-sink; nothing else may be relayed except from
 /// mynetworks (127.0.0.1 only). Three listeners: XCLIENT for 127.0.0.1, PROXY v2, and one
@@ -145,36 +123,6 @@ fn the_client_address_reaches_postfix_or_the_client_is_refused() {
         let log = p.log.lock().unwrap().clone();
         assert!(log.contains("action=421"), "{protocol}: {log}");
     }
-}
-
-fn make_cert(dir: &Path, name: &str) -> (std::path::PathBuf, std::path::PathBuf, String) {
-    let (cert, key) = (dir.join(format!("{name}.crt")), dir.join(format!("{name}.key")));
-    let ok = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-days",
-            "2",
-        ])
-        .args(["-subj", "/CN=mx.example.com", "-keyout"])
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .unwrap();
-    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
-    let der = Command::new("openssl")
-        .args(["x509", "-outform", "DER", "-in"])
-        .arg(&cert)
-        .output()
-        .unwrap();
-    let fp = Sha256::digest(&der.stdout).iter().map(|b| format!("{b:02x}")).collect();
-    (cert, key, fp)
 }
 
 #[test]

@@ -742,7 +742,7 @@ fn run_session(input: &[u8], opts: Opts) -> Outcome {
                 Err(_) => Err("HUNG".to_string()),
                 Ok(r) => r.map_err(|e: SmtpError| e.to_string()),
             };
-            let (_, _, dr, dw) = s.into_parts();
+            let (_, _, dr, dw, _) = s.into_parts();
             (result, dr, dw)
         };
         // Close our direction; whatever the downstream still sends is a reply the session

@@ -171,6 +171,16 @@ Deployment:
   gets 421 4.3.0, because every client would otherwise look local (an open relay). The
   proxy ends STARTTLS itself with proxy.tls_cert and proxy.tls_key.
 
+  gateway: the proxy on port 25 in front of an MTA that takes neither XCLIENT nor PROXY
+  (qmail, Exchange, Domino, Exim, LISTSERV, appliances). The MTA sees only the proxy,
+  relays for it and must be reachable by it alone; the proxy is the relay control: from
+  clients outside proxy.trusted_networks that have not authenticated, a recipient outside
+  proxy.relay_domains (default protected_domains), and any %, !, source-route,
+  quoted-@ or trailing-dot form, gets 554 5.7.1. With proxy.valid_recipients (a file of
+  addresses and @domain catch-alls, reloaded when it changes) unknown users get 550 5.1.1
+  at RCPT, so the MTA never accepts mail it would bounce. AUTH is relayed inside TLS only.
+  The proxy adds a Received: field naming the client.
+
 Rollout: run with enforce = false for at least one tag lifetime after signing began,
 check the verdicts in the log and the X-BATV: headers, then set enforce = true and send
 SIGHUP.";

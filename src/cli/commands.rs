@@ -573,6 +573,22 @@ fn config_cmd(ctx: &Context, cmd: ConfigCommand) -> Result<u8, CliError> {
         ConfigCommand::Check => {
             // Config::load already validated the file; the key group must exist too.
             ctx.store()?;
+            let p = &ctx.config.proxy;
+            if let Some(path) = p.valid_recipients.as_ref().filter(|_| p.mode == config::ProxyMode::Gateway) {
+                // The proxy would refuse to start (or to reload) with a bad table.
+                let table = crate::core::recipients::Recipients::load(path, p.valid_recipients_case).map_err(|e| {
+                    CliError::Config(config::ConfigError::Invalid {
+                        path: ctx.config_path.clone(),
+                        detail: format!(" proxy.valid_recipients: {e}"),
+                    })
+                })?;
+                let relay = crate::core::address::DomainSet::new(ctx.config.relay_domains()).unwrap_or_default();
+                println!("{}: {} valid recipients", path.display(), table.len());
+                let outside = table.outside(&relay);
+                if outside > 0 {
+                    println!("{}: warning: {outside} entries outside relay_domains (never used)", path.display());
+                }
+            }
             if ctx.config_path.exists() {
                 println!("{}: OK", ctx.config_path.display());
             } else {

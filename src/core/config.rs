@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::core::address::DomainSet;
+pub use crate::core::recipients::LocalCase;
 use crate::core::tag::{Scheme, DEFAULT_LIFETIME, MAX_LIFETIME, MIN_LIFETIME};
 
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +75,19 @@ pub enum OnError {
 pub enum ProxyMode {
     BeforeQueue,
     Front,
+    /// In front of an MTA that takes neither XCLIENT nor PROXY: the proxy is the relay
+    /// control and, with `valid_recipients`, the recipient check.
+    Gateway,
+}
+
+impl ProxyMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            ProxyMode::BeforeQueue => "before-queue",
+            ProxyMode::Front => "front",
+            ProxyMode::Gateway => "gateway",
+        }
+    }
 }
 
 /// How a front proxy tells the MTA who the client is.
@@ -455,6 +469,20 @@ pub struct ProxyConfig {
     pub tls_cert: Option<PathBuf>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls_key: Option<PathBuf>,
+    /// Gateway mode: the domains mail is taken for from any client (exact names,
+    /// `.example.com` for subdomains). Default: protected_domains.
+    #[serde(default, deserialize_with = "domains_opt", skip_serializing_if = "Option::is_none")]
+    pub relay_domains: Option<Vec<String>>,
+    /// Gateway mode: clients that may relay to any domain.
+    #[serde(default, deserialize_with = "nets", skip_serializing_if = "Vec::is_empty")]
+    pub trusted_networks: Vec<String>,
+    /// Gateway mode: the valid recipients of the relay domains (one address or `@domain`
+    /// a line); the others get 550 5.1.1 at RCPT. Without it the MTA's answers stand.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub valid_recipients: Option<PathBuf>,
+    /// How `valid_recipients` compares local parts (domains: always without case).
+    #[serde(default)]
+    pub valid_recipients_case: LocalCase,
 }
 
 fn default_scheme() -> Scheme {
@@ -562,6 +590,10 @@ impl Default for ProxyConfig {
             data_check_kib: default_data_check_kib(),
             tls_cert: None,
             tls_key: None,
+            relay_domains: None,
+            trusted_networks: vec![],
+            valid_recipients: None,
+            valid_recipients_case: LocalCase::default(),
         }
     }
 }
@@ -742,9 +774,14 @@ impl Config {
             detail: describe_toml_error(text, &e),
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
-        for p in [c.keys_dir.as_mut(), c.proxy.tls_cert.as_mut(), c.proxy.tls_key.as_mut()]
-            .into_iter()
-            .flatten()
+        for p in [
+            c.keys_dir.as_mut(),
+            c.proxy.tls_cert.as_mut(),
+            c.proxy.tls_key.as_mut(),
+            c.proxy.valid_recipients.as_mut(),
+        ]
+        .into_iter()
+        .flatten()
         {
             if p.is_relative() {
                 *p = base.join(&*p);
@@ -754,8 +791,28 @@ impl Config {
             path: path.to_path_buf(),
             detail: format!(" {detail}"),
         };
-        if c.proxy.mode == ProxyMode::Front && c.proxy.tls_cert.is_some() != c.proxy.tls_key.is_some() {
+        let p = &c.proxy;
+        if p.mode != ProxyMode::BeforeQueue && p.tls_cert.is_some() != p.tls_key.is_some() {
             return Err(invalid("proxy.tls_cert and proxy.tls_key go together".into()));
+        }
+        if p.mode != ProxyMode::Gateway {
+            // Relay control is the MTA's in the other modes: a setting that would do
+            // nothing there is a mistake, not a default.
+            let set = [
+                ("relay_domains", p.relay_domains.is_some()),
+                ("trusted_networks", !p.trusted_networks.is_empty()),
+                ("valid_recipients", p.valid_recipients.is_some()),
+            ];
+            if let Some((name, _)) = set.iter().find(|(_, set)| *set) {
+                return Err(invalid(format!(
+                    "proxy.{name} applies in gateway mode only (proxy.mode = \"gateway\"); the MTA does this in {} mode",
+                    p.mode.name()
+                )));
+            }
+        } else if c.relay_domains().is_empty() {
+            return Err(invalid(
+                "gateway mode needs the domains it takes mail for: set proxy.relay_domains (or protected_domains or sign_domains); without them it would relay for nobody, or for everybody".into(),
+            ));
         }
         if c.proxy.data_check_refuse && !c.proxy.data_check {
             return Err(invalid("proxy.data_check_refuse needs proxy.data_check = true".into()));
@@ -781,6 +838,11 @@ impl Config {
         self.protected_domains.as_deref().unwrap_or(&self.sign_domains)
     }
 
+    /// Gateway mode: the domains any client may send to.
+    pub fn relay_domains(&self) -> &[String] {
+        self.proxy.relay_domains.as_deref().unwrap_or(self.protected())
+    }
+
     pub fn sign_domain_set(&self) -> DomainSet {
         DomainSet::new(&self.sign_domains).unwrap_or_default()
     }
@@ -802,6 +864,9 @@ impl Config {
         let mut shown = self.clone();
         shown.protected_domains = Some(self.protected().to_vec());
         shown.verify_schemes = Some(self.verify_schemes.clone().unwrap_or_else(|| vec![self.scheme]));
+        if self.proxy.mode == ProxyMode::Gateway {
+            shown.proxy.relay_domains = Some(self.relay_domains().to_vec());
+        }
         toml::to_string(&shown).unwrap_or_default()
     }
 }
@@ -858,6 +923,38 @@ enforce_after = "2026-12-01"
         let e = parse("sign_domains = [\"exa mple.com\"]").unwrap_err();
         assert!(e.contains(":1:"), "{e}");
         assert!(parse("scheme = ").is_err());
+    }
+
+    #[test]
+    fn gateway_settings() {
+        let c = parse(
+            "sign_domains = [\"example.com\"]\n[proxy]\nmode = \"gateway\"\nvalid_recipients = \"rcpts\"\ntrusted_networks = [\"192.0.2.0/24\"]\nvalid_recipients_case = \"insensitive\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.relay_domains(), ["example.com"]);
+        assert_eq!(c.proxy.valid_recipients.as_deref(), Some(Path::new("/etc/batv/rcpts")));
+        assert_eq!(c.proxy.valid_recipients_case, LocalCase::Insensitive);
+        assert!(c.to_toml().contains("relay_domains = [\"example.com\"]"), "{}", c.to_toml());
+        let c = parse("protected_domains = [\"a.example\"]\n[proxy]\nmode = \"gateway\"\nrelay_domains = [\".b.example\"]\n").unwrap();
+        assert_eq!(c.relay_domains(), [".b.example"]);
+        // Nothing to take mail for: refused, not an open (or closed) relay.
+        let e = parse("[proxy]\nmode = \"gateway\"\n").unwrap_err();
+        assert!(e.contains("gateway mode needs") && e.contains("relay_domains"), "{e}");
+        let e = parse("sign_domains = [\"example.com\"]\n[proxy]\nmode = \"gateway\"\nrelay_domains = []\n").unwrap_err();
+        assert!(e.contains("gateway mode needs"), "{e}");
+        // Gateway settings elsewhere do nothing: refused.
+        for (k, v) in [
+            ("relay_domains", "[\"example.com\"]"),
+            ("trusted_networks", "[\"192.0.2.1\"]"),
+            ("valid_recipients", "\"/x\""),
+        ] {
+            let e = parse(&format!("sign_domains = [\"example.com\"]\n[proxy]\nmode = \"front\"\n{k} = {v}\n")).unwrap_err();
+            assert!(e.contains(&format!("proxy.{k} applies in gateway mode only")), "{e}");
+        }
+        let e = parse("sign_domains = [\"example.com\"]\n[proxy]\nmode = \"gateway\"\ntrusted_networks = [\"nonsense\"]\n").unwrap_err();
+        assert!(e.contains(":4:"), "{e}");
+        let e = parse("sign_domains = [\"example.com\"]\n[proxy]\nmode = \"gateway\"\ntls_cert = \"c.pem\"\n").unwrap_err();
+        assert!(e.contains("go together"), "{e}");
     }
 
     #[test]

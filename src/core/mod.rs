@@ -9,6 +9,8 @@ pub mod keys;
 pub mod log;
 pub mod nss;
 pub mod privilege;
+pub mod recipients;
+pub mod relay;
 pub mod signer;
 pub mod tag;
 pub mod time;

@@ -64,6 +64,13 @@ pub trait Service: Send + Sync + Sized + 'static {
     /// After each state is built (at start and on reloads): warnings about it.
     fn loaded(&self, _state: &Self::State) {}
 
+    /// Files the state was read from besides the configuration and keys (a table of
+    /// recipients): polled with the keys directory, and a change builds the state again
+    /// from the running configuration and keys.
+    fn watched(_state: &Self::State) -> Vec<PathBuf> {
+        Vec::new()
+    }
+
     /// The log lines of a start, given the listeners' names.
     fn started(&self, state: &Self::State, listeners: &[String]) {
         let _ = state;
@@ -203,6 +210,7 @@ pub async fn serve<S: Service>(server: Arc<Server<S>>, plan: Plan, mut events: t
     let mut running = reload::Running::new(plan.config, plan.keys);
     let mut poll = tokio::time::interval(KEY_POLL);
     let mut last = source.store.stamp();
+    let mut files = watched_stamps(&server);
     loop {
         tokio::select! {
             e = events.recv() => match e {
@@ -210,6 +218,7 @@ pub async fn serve<S: Service>(server: Arc<Server<S>>, plan: Plan, mut events: t
                     // Stamped first: a change while the reload reads is seen next time.
                     last = source.store.stamp();
                     reload::reload(&server, &source, &mut running, true);
+                    files = watched_stamps(&server);
                 }
                 Some(Event::Counters) => {
                     crate::core::log::line(format_args!("{}", server.service.render_metrics().trim_end()));
@@ -221,6 +230,19 @@ pub async fn serve<S: Service>(server: Arc<Server<S>>, plan: Plan, mut events: t
                 if now != last {
                     last = now;
                     reload::reload(&server, &source, &mut running, false);
+                    files = watched_stamps(&server);
+                }
+                let now = watched_stamps(&server);
+                if now != files {
+                    let changed: Vec<String> = now
+                        .iter()
+                        .filter(|f| !files.contains(f))
+                        .map(|(p, _)| p.display().to_string())
+                        .collect();
+                    files = now;
+                    reload::rebuild(&server, &running, &changed.join(", "));
+                    // A failed rebuild keeps the old state, and the new stamps: the file
+                    // is read again when it changes again (or on SIGHUP).
                 }
             }
         }
@@ -241,6 +263,21 @@ pub async fn serve<S: Service>(server: Arc<Server<S>>, plan: Plan, mut events: t
     let _ = tokio::time::timeout(wait, limit.acquire_many(plan.max_connections as u32)).await;
     crate::logln!("{name}: stopped");
     Ok(())
+}
+
+type FileStamp = Option<(std::time::SystemTime, u64, u64)>;
+
+/// The current state's watched files and what they look like now (modified time, length,
+/// inode: an atomic replace changes the inode even within one clock tick).
+fn watched_stamps<S: Service>(server: &Server<S>) -> Vec<(PathBuf, FileStamp)> {
+    S::watched(&server.state())
+        .into_iter()
+        .map(|p| {
+            let m = std::fs::metadata(&p).ok();
+            let stamp = m.and_then(|m| Some((m.modified().ok()?, m.len(), std::os::unix::fs::MetadataExt::ino(&m))));
+            (p, stamp)
+        })
+        .collect()
 }
 
 async fn accept_loop<S: Service>(listener: listen::Listener, name: String, server: Arc<Server<S>>, limit: Arc<Semaphore>, mut stop: Stop) {

@@ -144,3 +144,17 @@ pub(crate) fn reload<S: Service>(server: &Server<S>, source: &Source, running: &
         Err(e) => crate::logln!("{name}: not reloaded: {e}"),
     }
 }
+
+/// A watched file changed ([`Service::watched`]): the state again from the running
+/// configuration and keys, all or nothing.
+pub(crate) fn rebuild<S: Service>(server: &Server<S>, running: &Running, files: &str) {
+    let name = S::NAME;
+    match server.service.build(&running.config, &running.keys) {
+        Ok(state) => {
+            server.service.loaded(&state);
+            server.replace(state);
+            crate::logln!("{name}: reloaded ({files})");
+        }
+        Err(e) => crate::logln!("{name}: not reloaded: {e}; keeping the running state"),
+    }
+}

@@ -39,9 +39,22 @@ impl Sink {
 
     /// A sink that stops by itself after `seconds` (`start`: 60).
     pub fn start_for(dir: &Path, seconds: u32) -> Sink {
+        Sink::spawn(dir, seconds, None)
+    }
+
+    /// A sink that offers AUTH PLAIN and LOGIN and takes `user:password` alone.
+    pub fn with_auth(dir: &Path, user_password: &str) -> Sink {
+        Sink::spawn(dir, 60, Some(user_password))
+    }
+
+    fn spawn(dir: &Path, seconds: u32, auth: Option<&str>) -> Sink {
         let record = dir.join("sink.jsonl");
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers/sink.py");
-        let mut child = Command::new("/usr/bin/python3")
+        let mut cmd = Command::new("/usr/bin/python3");
+        if let Some(a) = auth {
+            cmd.env("SINK_AUTH", a);
+        }
+        let mut child = cmd
             .arg(script)
             .arg(&record)
             .arg(seconds.to_string())

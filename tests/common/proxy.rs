@@ -242,3 +242,56 @@ impl SmtpSink {
         v
     }
 }
+
+/// Run tests/peers/client.py: greeting and replies, one line each.
+pub fn client(addr: &str, source: &str, commands: &[&str]) -> String {
+    let (host, port) = addr.rsplit_once(':').unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers/client.py");
+    let o = Command::new("/usr/bin/python3")
+        .arg(script)
+        .args([host, port, "--source", source])
+        .args(commands)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "client: {}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8(o.stdout).unwrap()
+}
+
+/// The n-th final reply line (0 is the greeting; DATA has two: 354 and the final one).
+pub fn reply_to(out: &str, n: usize) -> String {
+    let is_final = |l: &str| l.len() >= 4 && l.as_bytes()[..3].iter().all(u8::is_ascii_digit) && l.as_bytes()[3] == b' ';
+    let finals: Vec<&str> = out.lines().filter(|l| is_final(l) || *l == "EOF").collect();
+    finals.get(n).copied().unwrap_or("none").to_string()
+}
+
+/// A throwaway certificate for `name`: (cert, key, SHA-256 of its DER form).
+pub fn make_cert(dir: &Path, name: &str) -> (std::path::PathBuf, std::path::PathBuf, String) {
+    let (cert, key) = (dir.join(format!("{name}.crt")), dir.join(format!("{name}.key")));
+    let ok = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "2",
+        ])
+        .args(["-subj", "/CN=mx.example.com", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .unwrap();
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    let der = Command::new("openssl")
+        .args(["x509", "-outform", "DER", "-in"])
+        .arg(&cert)
+        .output()
+        .unwrap();
+    use sha2::Digest;
+    let fp = sha2::Sha256::digest(&der.stdout).iter().map(|b| format!("{b:02x}")).collect();
+    (cert, key, fp)
+}

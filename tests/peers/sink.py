@@ -5,7 +5,10 @@ Usage: sink.py RECORD_FILE [SECONDS]
 Prints "PORT <n>" when ready. Each accepted message is appended to RECORD_FILE as one JSON
 line: mail_from, rcpt_tos, mail_options, rcpt_options, size, sha256, data (latin-1 text).
 Exits after SECONDS (default 120) or when stdin closes, whichever comes first.
+With SINK_AUTH=user:password in the environment it offers AUTH PLAIN and LOGIN (in the
+clear: it stands for an MTA behind a proxy) and takes that one user.
 """
+import os
 import hashlib
 import json
 import socket
@@ -14,7 +17,7 @@ import threading
 import time
 
 from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import SMTP
+from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
 
 
 class Recorder:
@@ -38,9 +41,22 @@ class Recorder:
         return "250 2.0.0 Ok: queued as SINK%d" % (int(time.time() * 1000) % 100000)
 
 
+def authenticator(expected):
+    def check(server, session, envelope, mechanism, auth_data):
+        ok = isinstance(auth_data, LoginPassword) and (auth_data.login, auth_data.password) == expected
+        return AuthResult(success=ok, handled=False)
+
+    return check
+
+
 class Controller8(Controller):
     def factory(self):
-        return SMTP(self.handler, enable_SMTPUTF8=True, decode_data=False, data_size_limit=64 << 20)
+        auth = os.environ.get("SINK_AUTH")
+        extra = {}
+        if auth:
+            user, password = auth.split(":", 1)
+            extra = dict(authenticator=authenticator((user.encode(), password.encode())), auth_require_tls=False)
+        return SMTP(self.handler, enable_SMTPUTF8=True, decode_data=False, data_size_limit=64 << 20, **extra)
 
 
 def main():

@@ -28,6 +28,9 @@ pub struct Counters {
     pub failed_tag_closes: Counter,
     /// DATA checks, by verdict (see [`DATA_CHECK_VERDICTS`]).
     pub data_checks: [Counter; 4],
+    /// Gateway mode: recipients refused by the relay control, and as unknown users.
+    pub relay_refusals: Counter,
+    pub unknown_recipients: Counter,
 }
 
 impl Counters {
@@ -62,6 +65,14 @@ impl Counters {
                 "Messages from non-null senders to protected untagged recipients inspected at DATA, by verdict.",
                 "verdict",
                 DATA_CHECK_VERDICTS,
+            ),
+            relay_refusals: m.counter(
+                "batv_relay_refusals",
+                "Gateway mode: recipients refused by the relay control (554 5.7.1).",
+            ),
+            unknown_recipients: m.counter(
+                "batv_unknown_recipients",
+                "Gateway mode: recipients not in valid_recipients (550 5.1.1).",
             ),
         }
     }

@@ -10,7 +10,8 @@ mod settings;
 mod verify;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::BufReader;
@@ -20,6 +21,7 @@ use crate::core::config::{Config, ProxyMode};
 use crate::core::failed_tags::FailedTags;
 use crate::core::keys::KeySet;
 use crate::core::log::q;
+use crate::core::recipients::{self, LocalCase, Recipients};
 use crate::server::metrics::Metrics;
 use crate::server::{Connection, Peer, Server, Service, Stop, Stream};
 use crate::smtp::front::{self, ClientIo};
@@ -44,6 +46,18 @@ pub struct Proxy {
     failed_tags: FailedTags,
     /// Fixed clock for tests (`--now`); None = the system clock.
     now: Option<i64>,
+    /// The last `valid_recipients` table loaded, kept while its file is unchanged (a
+    /// million lines are not read again for every key or configuration reload).
+    recipients: Mutex<Option<LoadedTable>>,
+}
+
+type Stamp = Option<(std::time::SystemTime, u64, u64)>;
+
+struct LoadedTable {
+    path: PathBuf,
+    case: LocalCase,
+    stamp: Stamp,
+    table: Arc<Recipients>,
 }
 
 impl Proxy {
@@ -54,7 +68,48 @@ impl Proxy {
             metrics,
             failed_tags: FailedTags::default(),
             now,
+            recipients: Mutex::new(None),
         }
+    }
+
+    /// Gateway mode's `valid_recipients` table: the one loaded before if its file is
+    /// unchanged, else read whole (an error keeps the running state).
+    fn recipients(&self, config: &Config) -> Result<Option<Arc<Recipients>>, String> {
+        let p = &config.proxy;
+        let Some(path) = p.valid_recipients.as_ref().filter(|_| p.mode == ProxyMode::Gateway) else {
+            return Ok(None);
+        };
+        let case = p.valid_recipients_case;
+        // Stamped before reading: a change while it is read is seen at the next poll.
+        let stamp = recipients::stamp(path);
+        let mut cache = self.recipients.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = cache
+            .as_ref()
+            .filter(|c| c.path == *path && c.case == case && stamp.is_some() && c.stamp == stamp)
+        {
+            return Ok(Some(c.table.clone()));
+        }
+        let started = std::time::Instant::now();
+        let table = Arc::new(Recipients::load(path, case).map_err(|e| format!("proxy.valid_recipients: {e}"))?);
+        let outside = table.outside(&crate::core::address::DomainSet::new(config.relay_domains()).unwrap_or_default());
+        crate::logln!(
+            "batv-proxy: valid_recipients: {} entries from {} in {} ms{}",
+            table.len(),
+            path.display(),
+            started.elapsed().as_millis(),
+            if outside > 0 {
+                format!("; warning: {outside} outside relay_domains (never used)")
+            } else {
+                String::new()
+            }
+        );
+        *cache = Some(LoadedTable {
+            path: path.clone(),
+            case,
+            stamp,
+            table: table.clone(),
+        });
+        Ok(Some(table))
     }
 }
 
@@ -71,10 +126,16 @@ impl Service for Proxy {
     const NAME: &'static str = "batv-proxy";
 
     fn build(&self, config: &Config, keys: &KeySet) -> Result<State, String> {
+        let recipients = self.recipients(config)?;
         Ok(State {
-            settings: Settings::from_config(config)?,
+            settings: Settings::from_config(config, recipients)?,
             keys: keys.clone(),
         })
+    }
+
+    fn watched(state: &State) -> Vec<PathBuf> {
+        let table = state.settings.gateway.as_ref().and_then(|g| g.recipients.as_ref());
+        table.map(|(path, _)| path.clone()).into_iter().collect()
     }
 
     fn refuse_change(&self, running: &Config, new: &Config) -> Option<String> {
@@ -101,16 +162,19 @@ impl Service for Proxy {
                 "batv-proxy: listening on {} forwarding to {} mode={} enforce={}",
                 l.strip_prefix("inet:").unwrap_or(l),
                 s.forward,
-                match s.mode {
-                    ProxyMode::BeforeQueue => "before-queue",
-                    ProxyMode::Front => "front",
-                },
+                s.mode.name(),
                 s.enforcing(now),
             );
         }
-        if s.mode == ProxyMode::Front && s.tls.is_none() {
+        if s.mode != ProxyMode::BeforeQueue && s.tls.is_none() {
             crate::logln!(
-                "batv-proxy: warning: front mode without proxy.tls_cert: no STARTTLS, so MTA-STS and DANE senders will not deliver"
+                "batv-proxy: warning: {} mode without proxy.tls_cert: no STARTTLS, so MTA-STS and DANE senders will not deliver{}",
+                s.mode.name(),
+                if s.mode == ProxyMode::Gateway {
+                    ", and AUTH is refused"
+                } else {
+                    ""
+                }
             );
         }
     }
@@ -132,6 +196,16 @@ impl Service for Proxy {
 
     fn render_metrics(&self) -> String {
         self.metrics.render()
+    }
+}
+
+/// `TLSv1.3`, as Postfix writes it in its Received field.
+fn tls_version_name(v: tokio_rustls::rustls::ProtocolVersion) -> &'static str {
+    use tokio_rustls::rustls::ProtocolVersion;
+    match v {
+        ProtocolVersion::TLSv1_3 => "TLSv1.3",
+        ProtocolVersion::TLSv1_2 => "TLSv1.2",
+        _ => "TLS",
     }
 }
 
@@ -179,7 +253,9 @@ async fn handle(shared: Arc<Server<Proxy>>, conn: Connection) {
                 .await
                 .map(|_| ())
         }
-        ProxyMode::Front => front_session(&shared, settings, client, peer, id, BufReader::new(dr), dw, &mut policy).await,
+        ProxyMode::Front | ProxyMode::Gateway => {
+            front_session(&shared, settings, client, peer, id, BufReader::new(dr), dw, &mut policy).await
+        }
     };
     if let Err(e) = result {
         crate::logln!("batv-proxy: session={id:x} client={} error={}", peer.ip(), q(&e.to_string()));
@@ -187,7 +263,8 @@ async fn handle(shared: Arc<Server<Proxy>>, conn: Connection) {
 }
 
 /// Front mode: hand the client's identity to the MTA (or refuse the client), then relay,
-/// ending STARTTLS here when a certificate is configured.
+/// ending STARTTLS here when a certificate is configured. Gateway mode: the same without
+/// the handoff (the MTA cannot take one), and AUTH only inside TLS.
 #[allow(clippy::too_many_arguments)]
 async fn front_session(
     shared: &Server<Proxy>,
@@ -201,6 +278,16 @@ async fn front_session(
 ) -> Result<(), SmtpError> {
     let limits = settings.limits;
     let local = client.local_addr()?;
+    let gateway = settings.mode == ProxyMode::Gateway;
+    if gateway {
+        let (r, w) = tokio::io::split(ClientIo::Plain(client));
+        let mut session = Session::new(BufReader::new(r), w, dr, dw, &mut *policy, limits);
+        session.front = true;
+        session.starttls = settings.tls.is_some();
+        session.auth_allowed = false;
+        let end = session.run().await?;
+        return tls_sessions(shared, settings, session, end).await;
+    }
     let handoff = front::handoff(
         settings.front_protocol,
         &mut dr,
@@ -229,9 +316,30 @@ async fn front_session(
     let mut session = Session::new(BufReader::new(r), w, dr, dw, &mut *policy, limits);
     session.front = true;
     session.starttls = settings.tls.is_some();
-    let mut end = session.greeted(&greeting).await?;
+    let end = session.greeted(&greeting).await?;
+    tls_sessions(shared, settings, session, end).await
+}
+
+type ClientSession<'p, 'v> = Session<
+    'p,
+    BufReader<tokio::io::ReadHalf<ClientIo>>,
+    tokio::io::WriteHalf<ClientIo>,
+    BufReader<tokio::net::tcp::OwnedReadHalf>,
+    tokio::net::tcp::OwnedWriteHalf,
+    Verify<'v>,
+>;
+
+/// After a client's STARTTLS: the handshake, then the session again inside TLS, where
+/// AUTH may go to the MTA.
+async fn tls_sessions(
+    shared: &Server<Proxy>,
+    settings: &Settings,
+    mut session: ClientSession<'_, '_>,
+    mut end: End,
+) -> Result<(), SmtpError> {
+    let limits = settings.limits;
     while end == End::StartTls {
-        let (cr, cw, dr, dw) = session.into_parts();
+        let (cr, cw, dr, dw, policy) = session.into_parts();
         // into_inner drops whatever the client pipelined after STARTTLS: it was sent in
         // the clear and must not count as sent inside TLS (RFC 3207 §4.2, CVE-2011-0411).
         let ClientIo::Plain(tcp) = cr.into_inner().unsplit(cw) else {
@@ -246,8 +354,15 @@ async fn front_session(
             Ok(Err(e)) => return Err(SmtpError::Io(e)),
             Err(_) => return Err(SmtpError::ClientClosed("(timed out) during the TLS handshake")),
         };
+        let (_, conn) = tls.get_ref();
+        let version = conn.protocol_version().map(tls_version_name).unwrap_or_default();
+        let cipher = conn
+            .negotiated_cipher_suite()
+            .map(|s| format!("{:?}", s.suite()))
+            .unwrap_or_default();
+        policy.tls(version, &cipher);
         let (r, w) = tokio::io::split(ClientIo::Tls(Box::new(tls)));
-        session = Session::new(BufReader::new(r), w, dr, dw, &mut *policy, limits);
+        session = Session::new(BufReader::new(r), w, dr, dw, policy, limits);
         session.front = true;
         end = session.resume().await?;
     }

@@ -1,11 +1,15 @@
 //! The proxy's settings, made from the configuration file (and its certificate).
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_rustls::TlsAcceptor;
 
+use crate::core::address::DomainSet;
 use crate::core::config::{Config, FrontProtocol, IpNet, ProxyMode, RejectAt};
+use crate::core::recipients::Recipients;
 use crate::core::verdict::Rules;
 use crate::smtp::front;
 use crate::smtp::session::Limits;
@@ -29,20 +33,46 @@ pub struct Settings {
     pub hostname: String,
     /// The DATA check, if on.
     pub data_check: Option<DataCheck>,
+    /// Gateway mode's relay control and recipient check.
+    pub gateway: Option<Gateway>,
+}
+
+/// Gateway mode: what the MTA behind cannot judge, since it sees only the proxy.
+pub struct Gateway {
+    pub relay_domains: DomainSet,
+    /// Clients that may relay anywhere.
+    pub trusted: Vec<IpNet>,
+    /// The valid recipients of the relay domains, and the file they came from.
+    pub recipients: Option<(PathBuf, Arc<Recipients>)>,
+    /// Address extension delimiters, for the recipient check.
+    pub delimiters: String,
 }
 
 pub use crate::bounce::DataCheck;
 
 impl Settings {
-    pub fn from_config(config: &Config) -> Result<Settings, String> {
+    /// `recipients`: the `valid_recipients` table, loaded by the caller (who keeps it
+    /// across reloads while the file is unchanged).
+    pub fn from_config(config: &Config, recipients: Option<Arc<Recipients>>) -> Result<Settings, String> {
         if config.protected().is_empty() {
             return Err("the proxy needs protected_domains (or sign_domains)".into());
         }
         let p = &config.proxy;
         let tls = match (&p.tls_cert, &p.tls_key, p.mode) {
-            (Some(c), Some(k), ProxyMode::Front) => Some(front::acceptor(c, k).map_err(|e| format!("proxy.tls_cert: {e}"))?),
+            (Some(c), Some(k), ProxyMode::Front | ProxyMode::Gateway) => {
+                Some(front::acceptor(c, k).map_err(|e| format!("proxy.tls_cert: {e}"))?)
+            }
             _ => None,
         };
+        let gateway = (p.mode == ProxyMode::Gateway).then(|| Gateway {
+            relay_domains: DomainSet::new(config.relay_domains()).unwrap_or_default(),
+            trusted: p.trusted_networks.iter().filter_map(|n| IpNet::parse(n).ok()).collect(),
+            recipients: p.valid_recipients.clone().zip(recipients),
+            delimiters: config.recipient_delimiter.clone(),
+        });
+        if gateway.as_ref().is_some_and(|g| g.relay_domains.is_empty()) {
+            return Err("gateway mode needs proxy.relay_domains (or protected_domains)".into());
+        }
         Ok(Settings {
             mode: p.mode,
             front_protocol: p.front_protocol,
@@ -65,6 +95,7 @@ impl Settings {
                 limit: p.data_check_kib as usize * 1024,
                 refuse: p.data_check_refuse,
             }),
+            gateway,
         })
     }
 

@@ -47,6 +47,11 @@ pub struct Verify<'a> {
     untagged_rcpts: Vec<String>,
     /// The recipient being relayed, if it is such a one.
     pending_rcpt: Option<String>,
+    /// Gateway mode: the client's name for itself (EHLO/HELO), its TLS, and the user the
+    /// MTA accepted its AUTH for (`Some(None)`: authenticated, user not known).
+    helo: Option<String>,
+    tls: Option<(&'static str, String)>,
+    auth: Option<Option<String>>,
 }
 
 impl<'a> Verify<'a> {
@@ -71,9 +76,108 @@ impl<'a> Verify<'a> {
             would_close_logged: false,
             untagged_rcpts: Vec::new(),
             pending_rcpt: None,
+            helo: None,
+            tls: None,
+            auth: None,
         };
         v.reset();
         v
+    }
+
+    /// The client's connection became TLS (front and gateway mode).
+    pub fn tls(&mut self, version: &'static str, cipher: &str) {
+        self.tls = Some((version, cipher.to_string()));
+        // A new session: its EHLO and AUTH are still to come (RFC 3207 §4.2).
+        self.helo = None;
+        self.auth = None;
+    }
+
+    /// Gateway mode: the relay control for an RCPT path as written, before the verdict.
+    /// `Some` refuses it.
+    fn gateway_rcpt(&self, path: &str) -> Option<Reply> {
+        let g = self.state.settings.gateway.as_ref()?;
+        let may_relay = self.auth.is_some() || g.trusted.iter().any(|n| n.contains(self.client));
+        if may_relay {
+            return None;
+        }
+        let refusal = crate::core::relay::check(path, &g.relay_domains).err()?;
+        self.server.service.counters.relay_refusals.inc();
+        self.log_refusal(path, "refused-relay", refusal.reason());
+        Some(match refusal {
+            crate::core::relay::Refusal::Unreadable => Reply::new(501, "5.1.3", "Bad recipient address syntax"),
+            crate::core::relay::Refusal::Denied(_) => Reply::new(554, "5.7.1", "Relay access denied"),
+        })
+    }
+
+    /// Gateway mode with `valid_recipients`: is `relayed` (the address the MTA will be
+    /// given, tag stripped) unknown at a relay domain? Then 550 5.1.1, and the MTA never
+    /// gets the recipient it would accept and bounce.
+    fn unknown_recipient(&self, path: &str, relayed: &str) -> Option<Decision> {
+        let g = self.state.settings.gateway.as_ref()?;
+        let (_, table) = g.recipients.as_ref()?;
+        // A trusted client may send elsewhere; an address beyond our reading was
+        // refused by the relay check, or comes from a trusted client to the MTA's care.
+        let a = crate::core::address::parse(relayed).ok()?;
+        if !g.relay_domains.contains(a.domain) || a.local.eq_ignore_ascii_case("postmaster") {
+            return None;
+        }
+        if table.knows(&a.local, a.domain, &g.delimiters) {
+            return None;
+        }
+        self.server.service.counters.unknown_recipients.inc();
+        self.log_refusal(path, "refused-unknown-recipient", "not-in-valid-recipients");
+        Some(Decision::Refuse(Reply::new(
+            550,
+            "5.1.1",
+            "Recipient address rejected: user unknown",
+        )))
+    }
+
+    fn log_refusal(&self, rcpt: &str, action: &str, reason: &str) {
+        crate::logln!(
+            "batv-proxy: session={:x} client={} sender={} rcpt={} action={action} reason={reason}",
+            self.session,
+            self.client,
+            q(&format!("<{}>", self.sender.as_deref().unwrap_or(""))),
+            q(&format!("<{rcpt}>")),
+        );
+    }
+
+    /// Gateway mode's trace field: the MTA sees the proxy as the client, so the proxy
+    /// writes down who the client was (RFC 5321 §4.4, in Postfix's layout).
+    fn received(&self) -> Vec<u8> {
+        let ip = match self.client {
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => v4.to_string(),
+                None => format!("IPv6:{v6}"),
+            },
+            IpAddr::V4(v4) => v4.to_string(),
+        };
+        let helo = self.helo.as_deref().map(trace_word).filter(|h| !h.is_empty());
+        let mut r = format!("Received: from {} ([{ip}])", helo.as_deref().unwrap_or("unknown"));
+        if let Some((version, cipher)) = &self.tls {
+            r.push_str(&format!("\r\n\t(using {version} with cipher {})", trace_word(cipher)));
+        }
+        if let Some(user) = &self.auth {
+            match user.as_deref().map(trace_word).filter(|u| !u.is_empty()) {
+                Some(u) => r.push_str(&format!("\r\n\t(Authenticated sender: {u})")),
+                None => r.push_str("\r\n\t(Authenticated)"),
+            }
+        }
+        let protocol = match (self.tls.is_some(), self.auth.is_some()) {
+            (true, true) => "ESMTPSA",
+            (true, false) => "ESMTPS",
+            (false, true) => "ESMTPA",
+            (false, false) => "ESMTP",
+        };
+        let date = chrono::DateTime::from_timestamp(self.server.now(), 0)
+            .unwrap_or_default()
+            .format("%a, %d %b %Y %H:%M:%S +0000");
+        r.push_str(&format!(
+            "\r\n\tby {} (batv) with {protocol} id {:x};\r\n\t{date}\r\n",
+            self.state.settings.hostname, self.session
+        ));
+        r.into_bytes()
     }
 
     fn log(&self, rcpt: &str, j: &Judgement, action: &str) {
@@ -95,6 +199,18 @@ impl<'a> Verify<'a> {
     fn bounce(&self) -> bool {
         self.sender.as_deref() == Some("")
     }
+}
+
+/// A client's word (HELO, AUTH user) made safe inside a header field: printable ASCII
+/// that cannot end a comment or the field, at most 255 octets; anything else becomes `?`.
+fn trace_word(s: &str) -> String {
+    s.chars()
+        .take(255)
+        .map(|c| match c {
+            '!'..='~' if !matches!(c, '(' | ')' | '\\' | ';' | '"') => c,
+            _ => '?',
+        })
+        .collect()
 }
 
 /// The ADDR attribute of an XFORWARD command (Postfix XFORWARD_README), if it is an address.
@@ -159,6 +275,10 @@ impl Policy for Verify<'_> {
         }
     }
 
+    fn rcpt_written(&mut self, path: &str) -> Option<Reply> {
+        self.gateway_rcpt(path)
+    }
+
     fn rcpt(&mut self, path: &str) -> Decision {
         let mut j = judge(path, &self.state.settings.rules, &self.state.keys, self.today);
         let c = &self.server.service.counters;
@@ -191,6 +311,9 @@ impl Policy for Verify<'_> {
         }
         if j.stripped.is_some() {
             c.stripped.inc();
+        }
+        if let Some(refused) = self.unknown_recipient(path, j.relay.as_deref().unwrap_or(path)) {
+            return refused;
         }
         let relay = Decision::Relay(j.relay.clone());
         let unreadable = Decision::Refuse(Reply::new(501, "5.1.3", "Bad recipient address syntax (BATV)"));
@@ -305,13 +428,17 @@ impl Policy for Verify<'_> {
     }
 
     fn header(&mut self) -> Option<Vec<u8>> {
+        let mut h = match self.state.settings.gateway {
+            Some(_) => self.received(),
+            None => Vec::new(),
+        };
         // Monitor mode marks what it would have done, so an admin can sort and check:
         // one header per message, with each verdict's count when they differ.
-        if self.enforce || !self.bounce() || self.accepted == [0, 0] {
-            return None;
+        if !(self.enforce || !self.bounce() || self.accepted == [0, 0]) {
+            let mark = verdict::monitor_mark(self.accepted, self.reason, self.backscatter_reason);
+            h.extend_from_slice(format!("X-BATV: {mark}\r\n").as_bytes());
         }
-        let mark = verdict::monitor_mark(self.accepted, self.reason, self.backscatter_reason);
-        Some(format!("X-BATV: {mark}\r\n").into_bytes())
+        (!h.is_empty()).then_some(h)
     }
 
     fn inspect(&mut self) -> Option<usize> {
@@ -428,6 +555,14 @@ impl Policy for Verify<'_> {
             self.client = ip;
             self.trusted_client = self.state.settings.trusted.iter().any(|n| n.contains(ip));
         }
+    }
+
+    fn helo(&mut self, name: &[u8]) {
+        self.helo = Some(String::from_utf8_lossy(name).into_owned());
+    }
+
+    fn authenticated(&mut self, user: Option<&str>) {
+        self.auth = Some(user.map(str::to_string));
     }
 
     fn reset(&mut self) {

@@ -26,7 +26,13 @@ where
             self.reply_client(&reply).await?;
             return Ok(false);
         };
-        let mut decision = if mail { self.policy.mail(path) } else { self.policy.rcpt(path) };
+        let written = std::str::from_utf8(&line[span.clone()]).unwrap_or(path);
+        let refused = if mail { None } else { self.policy.rcpt_written(written) };
+        let mut decision = match refused {
+            Some(reply) => Decision::Refuse(reply),
+            None if mail => self.policy.mail(path),
+            None => self.policy.rcpt(path),
+        };
         if decision == Decision::Relay(None) && line[span.clone()] != *path.as_bytes() {
             // A source route was dropped to judge the path: the downstream gets the path as
             // judged, not one it might route its own way.

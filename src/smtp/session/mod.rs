@@ -49,6 +49,11 @@ pub trait Policy {
     /// The downstream answered a MAIL we relayed; a positive reply starts a transaction
     /// (a refused MAIL leaves any transaction in progress as it was).
     fn mail_reply(&mut self, _path: &str, _reply: &Reply) {}
+    /// An RCPT TO path as the client wrote it, source route and all, before
+    /// [`Policy::rcpt`] judges it without the route: `Some` refuses it.
+    fn rcpt_written(&mut self, _path: &str) -> Option<Reply> {
+        None
+    }
     /// An RCPT TO path.
     fn rcpt(&mut self, path: &str) -> Decision;
     /// The downstream answered an RCPT we relayed.
@@ -77,6 +82,10 @@ pub trait Policy {
     fn finished(&mut self, _reply: &Reply) {}
     /// An XFORWARD line relayed in before-queue mode (the real client's attributes).
     fn xforward(&mut self, _line: &[u8]) {}
+    /// The downstream accepted EHLO or HELO with this argument.
+    fn helo(&mut self, _name: &[u8]) {}
+    /// The downstream accepted an AUTH (235), as this user when the exchange named one.
+    fn authenticated(&mut self, _user: Option<&str>) {}
     /// The transaction ended (final reply relayed, or refused, or RSET).
     fn reset(&mut self);
 }
@@ -129,6 +138,9 @@ pub struct Session<'p, CR, CW, DR, DW, P: Policy> {
     pub front: bool,
     /// Offer STARTTLS; when a client takes it, `run`/`resume` return [`End::StartTls`].
     pub starttls: bool,
+    /// AUTH may go to the downstream in this session. Gateway mode says no until TLS:
+    /// the MTA would take a password in the clear from the proxy, never knowing.
+    pub auth_allowed: bool,
     /// The downstream's last EHLO reply offered DSN (RFC 3461).
     dsn: bool,
     /// The downstream's last EHLO reply offered CHUNKING (RFC 3030).
@@ -163,6 +175,7 @@ where
             limits,
             front: false,
             starttls: false,
+            auth_allowed: true,
             dsn: false,
             chunking_offered: false,
             errors: 0,
@@ -173,9 +186,9 @@ where
         }
     }
 
-    /// The streams back (for a TLS handshake after [`End::StartTls`]).
-    pub fn into_parts(self) -> (CR, CW, DR, DW) {
-        (self.client_r, self.client_w, self.down_r, self.down_w)
+    /// The streams and the policy back (for a TLS handshake after [`End::StartTls`]).
+    pub fn into_parts(self) -> (CR, CW, DR, DW, &'p mut P) {
+        (self.client_r, self.client_w, self.down_r, self.down_w, self.policy)
     }
 
     /// Send a reply of ours or the downstream's; 4xx and 5xx count towards the error limit.
@@ -332,6 +345,7 @@ where
                     if reply.code == 250 {
                         reply = self.ehlo_reply(&reply);
                         self.end_transaction();
+                        self.policy.helo(helo_arg(&line));
                     }
                     self.reply_client(&reply).await?;
                 }
@@ -341,6 +355,7 @@ where
                         self.dsn = false;
                         self.chunking_offered = false;
                         self.end_transaction();
+                        self.policy.helo(helo_arg(&line));
                     }
                     self.reply_client(&reply).await?;
                 }
@@ -371,6 +386,11 @@ where
                     self.reply_client(&Reply::new(530, "5.7.0", "Must issue a STARTTLS command first"))
                         .await?;
                 }
+                Verb::Auth if !self.auth_allowed => {
+                    // RFC 4954 §6: no TLS here to protect the exchange.
+                    self.reply_client(&Reply::new(538, "5.7.11", "Encryption required for authentication"))
+                        .await?;
+                }
                 Verb::Auth => self.auth(&mut line).await?,
                 Verb::Xclient => {
                     let reply = self.exchange(&line, "waiting for a reply").await?;
@@ -393,4 +413,13 @@ where
         self.held = None;
         self.policy.reset();
     }
+}
+
+/// The argument of an EHLO or HELO line (the client's name for itself), without the
+/// line end.
+fn helo_arg(line: &[u8]) -> &[u8] {
+    let line = line.strip_suffix(b"\n").unwrap_or(line);
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let rest = line.get(4..).unwrap_or_default();
+    rest.trim_ascii()
 }
