@@ -9,6 +9,7 @@ pub mod keys;
 pub mod log;
 pub mod nss;
 pub mod privilege;
+pub mod recipients;
 pub mod signer;
 pub mod tag;
 pub mod time;
