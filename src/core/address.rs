@@ -438,7 +438,9 @@ fn unquote(body: &str) -> Result<(Cow<'_, str>, usize), AddressError> {
     Err(AddressError::BadQuoting)
 }
 
-fn check_domain(domain: &str) -> Result<(), AddressError> {
+/// A domain as an address may hold it: a domain name (labels of letters, digits, `-`, `_`
+/// or non-ASCII, none empty) or an address literal, at most [`MAX_DOMAIN_LEN`] octets.
+pub(crate) fn check_domain(domain: &str) -> Result<(), AddressError> {
     if domain.is_empty() {
         return Err(AddressError::EmptyDomain);
     }
