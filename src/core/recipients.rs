@@ -52,7 +52,7 @@ const SEP: u8 = 0xff;
 /// Lookups fold an ASCII local part up to this long on the stack (RFC 5321 allows 64).
 const FOLD_BUF: usize = 256;
 
-/// How local parts compare (`valid_recipients_local_case`).
+/// How local parts compare (`proxy.valid_recipients_case`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LocalCase {

@@ -9,6 +9,7 @@ With SINK_AUTH=user:password in the environment it offers AUTH PLAIN and LOGIN (
 clear: it stands for an MTA behind a proxy) and takes that one user.
 """
 import os
+import warnings
 import hashlib
 import json
 import socket
@@ -39,6 +40,10 @@ class Recorder:
         with self.lock, open(self.path, "a") as f:
             f.write(json.dumps(rec) + "\n")
         return "250 2.0.0 Ok: queued as SINK%d" % (int(time.time() * 1000) % 100000)
+
+
+# aiosmtpd itself touches its deprecated Session.login_data on every AUTH.
+warnings.simplefilter("ignore", DeprecationWarning)
 
 
 def authenticator(expected):
