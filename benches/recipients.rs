@@ -4,6 +4,8 @@
 //! `recipients/parse` and `recipients/load` build the whole table (a 31 MB text, lines
 //! like `user{i}@domain{i % 100}.example OK`); the lookups run against it. The table's
 //! memory is printed once, as the growth of the resident set while it is built (Linux).
+//! `baseline/*`: the same keys in a std `HashSet<String>` (one allocation a key), built
+//! and asked in the same run, so the figures can be read as ratios on a noisy machine.
 
 use std::hint::black_box;
 
@@ -46,10 +48,30 @@ fn bench(c: &mut Criterion) {
     g.bench_function("load/1M", |b| {
         b.iter(|| Recipients::load(black_box(&path), LocalCase::Exact).unwrap())
     });
+    g.bench_function("baseline/hashset-build/1M", |b| {
+        b.iter(|| {
+            black_box(&text)
+                .lines()
+                .filter_map(|l| l.split_whitespace().next())
+                .map(str::to_string)
+                .collect::<std::collections::HashSet<String>>()
+        })
+    });
     g.finish();
 
+    let set: std::collections::HashSet<String> = text
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_string)
+        .collect();
     let mut g = c.benchmark_group("recipients");
     g.throughput(Throughput::Elements(1));
+    g.bench_function("baseline/hashset-hit", |b| {
+        b.iter(|| assert!(set.contains(black_box("user5@domain5.example"))))
+    });
+    g.bench_function("baseline/hashset-miss", |b| {
+        b.iter(|| assert!(!set.contains(black_box("nobody@domain5.example"))))
+    });
     g.bench_function("knows/hit", |b| {
         b.iter(|| assert!(table.knows(black_box("user5"), black_box("domain5.example"), "+")))
     });

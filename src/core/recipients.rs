@@ -178,16 +178,17 @@ impl Recipients {
     /// Entries whose domain `inside` does not contain (so the caller can warn they are
     /// unused).
     pub fn outside(&self, inside: &DomainSet) -> usize {
+        // A table holds few domains and many users: each domain is judged once.
+        let mut judged: std::collections::HashMap<&[u8], bool> = std::collections::HashMap::new();
         self.slots
             .iter()
             .filter(|s| s.len != 0)
             .filter(|s| {
                 let key = self.keys.get(s.off as usize..s.off as usize + s.len as usize).unwrap_or_default();
-                let domain = key
-                    .iter()
-                    .position(|&b| b == SEP)
-                    .and_then(|i| std::str::from_utf8(&key[i + 1..]).ok());
-                !domain.is_some_and(|d| inside.contains(d))
+                let domain = key.iter().position(|&b| b == SEP).map_or(&key[..0], |i| &key[i + 1..]);
+                !*judged
+                    .entry(domain)
+                    .or_insert_with(|| std::str::from_utf8(domain).is_ok_and(|d| inside.contains(d)))
             })
             .count()
     }

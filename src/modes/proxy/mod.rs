@@ -91,12 +91,13 @@ impl Proxy {
         }
         let started = std::time::Instant::now();
         let table = Arc::new(Recipients::load(path, case).map_err(|e| format!("proxy.valid_recipients: {e}"))?);
+        let took = started.elapsed().as_millis();
         let outside = table.outside(&crate::core::address::DomainSet::new(config.relay_domains()).unwrap_or_default());
         crate::logln!(
             "batv-proxy: valid_recipients: {} entries from {} in {} ms{}",
             table.len(),
             path.display(),
-            started.elapsed().as_millis(),
+            took,
             if outside > 0 {
                 format!("; warning: {outside} outside relay_domains (never used)")
             } else {
