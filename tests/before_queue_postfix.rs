@@ -151,23 +151,7 @@ impl Site {
         let greeting = c.reply();
         assert_eq!(code(&greeting), 220, "{greeting}\n--- maillog ---\n{}", self.pf.log());
         assert_eq!(code(&c.cmd("EHLO mx.remote.example")), 250);
-        let mut replies = vec![c.cmd(&format!("MAIL FROM:<{from}>"))];
-        let mut accepted = false;
-        for r in rcpts {
-            let reply = c.cmd(&format!("RCPT TO:<{r}>"));
-            accepted |= code(&reply) == 250;
-            replies.push(reply);
-        }
-        if accepted {
-            let data = c.cmd("DATA");
-            let go = code(&data) == 354;
-            replies.push(data);
-            if go {
-                replies.push(c.cmd(&format!("Subject: {subject}\r\n\r\nIt bounced.\r\n.")));
-            }
-        }
-        c.cmd("QUIT");
-        replies
+        c.transaction(from, rcpts, &format!("Subject: {subject}\r\n\r\nIt bounced.\r\n"))
     }
 
     /// The maillog's reject lines for `rcpt`.

@@ -62,23 +62,8 @@ struct Exim {
 
 impl Exim {
     fn start(binary: &Path, sink: u16) -> Exim {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = common::exim_dir(binary);
         let d = dir.path();
-        // Exim receives as its own user: it must reach the spool and the log.
-        std::fs::set_permissions(d, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-        let user = Command::new(binary).args(["-bP", "exim_user"]).output().unwrap();
-        let user = String::from_utf8_lossy(&user.stdout)
-            .split('=')
-            .nth(1)
-            .unwrap_or("")
-            .trim()
-            .to_string();
-        for sub in ["spool", "log"] {
-            std::fs::create_dir(d.join(sub)).unwrap();
-            if !user.is_empty() {
-                assert!(Command::new("chown").arg(&user).arg(d.join(sub)).status().unwrap().success());
-            }
-        }
         let conf = format!(
             "primary_hostname = mx.example.com
 domainlist local_domains = example.com
@@ -272,23 +257,7 @@ fn transaction(addr: &str, source: Ipv4Addr, from: &str, rcpts: &[&str], subject
     assert_eq!(code(&greeting), 220, "greeting from {addr}: {greeting:?}");
     let ehlo = c.cmd(&format!("EHLO {HELO}"));
     assert_eq!(code(&ehlo), 250, "EHLO to {addr}: {ehlo:?}");
-    let mut replies = vec![c.cmd(&format!("MAIL FROM:<{from}>"))];
-    let mut accepted = false;
-    for r in rcpts {
-        let reply = c.cmd(&format!("RCPT TO:<{r}>"));
-        accepted |= code(&reply) == 250;
-        replies.push(reply);
-    }
-    if accepted {
-        let data = c.cmd("DATA");
-        let go = code(&data) == 354;
-        replies.push(data);
-        if go {
-            replies.push(c.cmd(&format!("Subject: {subject}\r\n\r\nHello.\r\n.")));
-        }
-    }
-    c.cmd("QUIT");
-    replies
+    c.transaction(from, rcpts, &format!("Subject: {subject}\r\n\r\nHello.\r\n"))
 }
 
 fn codes(replies: &[String]) -> Vec<u16> {

@@ -121,23 +121,7 @@ impl Site {
         let greeting = c.reply();
         assert_eq!(code(&greeting), 220, "{greeting}\n{}", self.logs());
         assert_eq!(code(&c.cmd(&format!("EHLO {HELO}"))), 250, "{}", self.logs());
-        let mut replies = vec![c.cmd(&format!("MAIL FROM:<{from}>"))];
-        let mut accepted = false;
-        for r in rcpts {
-            let reply = c.cmd(&format!("RCPT TO:<{r}>"));
-            accepted |= code(&reply) == 250;
-            replies.push(reply);
-        }
-        if accepted {
-            let data = c.cmd("DATA");
-            let go = code(&data) == 354;
-            replies.push(data);
-            if go {
-                replies.push(c.cmd(&format!("From: <{from}>\r\nSubject: {subject}\r\n\r\nA message.\r\n.")));
-            }
-        }
-        c.cmd("QUIT");
-        replies
+        c.transaction(from, rcpts, &format!("From: <{from}>\r\nSubject: {subject}\r\n\r\nA message.\r\n"))
     }
 
     /// The maillog and, with a gateway, batv's log: for failure messages.

@@ -47,22 +47,8 @@ impl Gw {
         let mut c = Client::connect_from(&self.proxy.addr, from_ip);
         assert_eq!(code(&c.reply()), 220);
         assert_eq!(code(&c.cmd("EHLO client.remote.test")), 250);
-        let mut codes = vec![code(&c.cmd(&format!("MAIL FROM:<{sender}>")))];
-        let mut any = false;
-        for r in rcpts {
-            let c = code(&c.cmd(&format!("RCPT TO:<{r}>")));
-            any |= c == 250;
-            codes.push(c);
-        }
-        if any {
-            let d = code(&c.cmd("DATA"));
-            codes.push(d);
-            if d == 354 {
-                codes.push(code(&c.cmd(&format!("Subject: {subject}\r\nFrom: <{sender}>\r\n\r\nHello.\r\n."))));
-            }
-        }
-        c.cmd("QUIT");
-        codes
+        let message = format!("Subject: {subject}\r\nFrom: <{sender}>\r\n\r\nHello.\r\n");
+        c.transaction(sender, rcpts, &message).iter().map(|r| code(r)).collect()
     }
 
     fn log(&self) -> String {
@@ -269,37 +255,27 @@ fn auth_goes_to_the_mta_only_inside_tls() {
     );
     assert!(out.contains("STARTTLS") && !out.contains("AUTH"), "{out}");
     assert!(reply_to(&out, 2).starts_with("530 5.7.0"), "{out}");
-    // Inside TLS, a wrong password: no relaying.
-    let out = client(
-        &tls.addr,
-        "127.0.0.2",
-        &[
+    // Inside TLS, AUTH (PLAIN: \0alice\0password), then a relay to another domain.
+    let relay_after_auth = |password_b64: &str| {
+        let auth = format!("AUTH PLAIN {password_b64}");
+        let commands = [
             "EHLO c.remote.test",
             "STARTTLS",
             "EHLO c.remote.test",
-            "AUTH PLAIN AGFsaWNlAHdyb25n",
-            "MAIL FROM:<alice@example.com>",
-            "RCPT TO:<bob@remote.test>",
-            "QUIT",
-        ],
-    );
-    assert!(reply_to(&out, 4).starts_with("535"), "{out}");
-    assert!(reply_to(&out, 6).starts_with("554 5.7.1"), "{out}");
-    // The MTA's 235: this client may relay, and the trace says who it was.
-    let out = client(
-        &tls.addr,
-        "127.0.0.2",
-        &[
-            "EHLO c.remote.test",
-            "STARTTLS",
-            "EHLO c.remote.test",
-            "AUTH PLAIN AGFsaWNlAHNlY3JldA==",
+            &auth,
             "MAIL FROM:<alice@example.com>",
             "RCPT TO:<bob@remote.test>",
             "DATA",
             "QUIT",
-        ],
-    );
+        ];
+        client(&tls.addr, "127.0.0.2", &commands)
+    };
+    // A wrong password: no relaying.
+    let out = relay_after_auth("AGFsaWNlAHdyb25n");
+    assert!(reply_to(&out, 4).starts_with("535"), "{out}");
+    assert!(reply_to(&out, 6).starts_with("554 5.7.1"), "{out}");
+    // The MTA's 235: this client may relay, and the trace says who it was.
+    let out = relay_after_auth("AGFsaWNlAHNlY3JldA==");
     assert!(reply_to(&out, 4).starts_with("235"), "{out}");
     assert!(reply_to(&out, 6).starts_with("250"), "{out}");
     assert!(reply_to(&out, 8).starts_with("250"), "{out}");

@@ -381,23 +381,8 @@ struct Exim {
 
 impl Exim {
     fn start(binary: &Path, sink: u16) -> Exim {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = common::exim_dir(binary);
         let d = dir.path();
-        // Exim receives as its own user: it must reach the spool and the log.
-        std::fs::set_permissions(d, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-        let user = Command::new(binary).args(["-bP", "exim_user"]).output().unwrap();
-        let user = String::from_utf8_lossy(&user.stdout)
-            .split('=')
-            .nth(1)
-            .unwrap_or("")
-            .trim()
-            .to_string();
-        for sub in ["spool", "log"] {
-            std::fs::create_dir(d.join(sub)).unwrap();
-            if !user.is_empty() {
-                assert!(Command::new("chown").arg(&user).arg(d.join(sub)).status().unwrap().success());
-            }
-        }
         let conf = format!(
             "primary_hostname = mx.example.com
 domainlist local_domains = example.com

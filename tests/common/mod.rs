@@ -118,6 +118,28 @@ pub fn free_port() -> u16 {
     panic!("no free loopback port below {low}");
 }
 
+/// A directory for a private Exim run by `binary`: `spool/` and `log/` inside, owned by
+/// the user Exim receives as, and the directory itself open to it.
+pub fn exim_dir(binary: &Path) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::set_permissions(d, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let user = Command::new(binary).args(["-bP", "exim_user"]).output().unwrap();
+    let user = String::from_utf8_lossy(&user.stdout)
+        .split('=')
+        .nth(1)
+        .unwrap_or("")
+        .trim()
+        .to_string();
+    for sub in ["spool", "log"] {
+        fs::create_dir(d.join(sub)).unwrap();
+        if !user.is_empty() {
+            assert!(Command::new("chown").arg(&user).arg(d.join(sub)).status().unwrap().success());
+        }
+    }
+    dir
+}
+
 pub mod data;
 pub mod postfix;
 /// A whole Postfix MX with `batv daemon` as the README wires it.

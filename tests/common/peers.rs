@@ -84,6 +84,29 @@ impl Client {
         self.reply()
     }
 
+    /// One transaction, then QUIT: the replies to MAIL and each RCPT and, when a recipient
+    /// was accepted, to DATA and (after a 354) to `message` (header and body, ending in
+    /// CRLF; the final dot is added).
+    pub fn transaction(&mut self, from: &str, rcpts: &[&str], message: &str) -> Vec<String> {
+        let mut replies = vec![self.cmd(&format!("MAIL FROM:<{from}>"))];
+        let mut accepted = false;
+        for r in rcpts {
+            let reply = self.cmd(&format!("RCPT TO:<{r}>"));
+            accepted |= code(&reply) == 250;
+            replies.push(reply);
+        }
+        if accepted {
+            let data = self.cmd("DATA");
+            let go = code(&data) == 354;
+            replies.push(data);
+            if go {
+                replies.push(self.cmd(&format!("{message}.")));
+            }
+        }
+        self.cmd("QUIT");
+        replies
+    }
+
     /// Has the server closed the connection? One read (bounded by the read timeout): true
     /// at the end of the stream or on a reset, false if data arrives or the read times out.
     pub fn closed(&mut self) -> bool {
