@@ -17,15 +17,16 @@
 
 mod common;
 
+use common::exim::PrivateExim;
+
 use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::peers::{code, Client};
-use common::postfix::wait_port;
 use common::proxy::{Proxy, TODAY};
-use common::{free_port, python_with_aiosmtpd, require, run_bounded, Sink};
+use common::{python_with_aiosmtpd, require, run_bounded, Sink};
 
 /// The client: on loopback, but not Exim's relay host (127.0.0.1, batv's address).
 const CLIENT: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
@@ -44,28 +45,21 @@ const DELIVERY: Duration = Duration::from_secs(20);
 /// After the last expected delivery: time for a bounce Exim had no business making.
 const SETTLE: Duration = Duration::from_millis(1500);
 
-fn exim_binary() -> Option<&'static Path> {
-    ["/usr/sbin/exim", "/usr/sbin/exim4"]
-        .into_iter()
-        .map(Path::new)
-        .find(|p| p.exists())
-}
-
 /// Exim on a loopback port with its own configuration, stopped by its PID.
-struct Exim {
-    child: Child,
-    port: u16,
-    binary: PathBuf,
-    conf: PathBuf,
-    dir: tempfile::TempDir,
+struct Exim(PrivateExim);
+
+impl std::ops::Deref for Exim {
+    type Target = PrivateExim;
+    fn deref(&self) -> &PrivateExim {
+        &self.0
+    }
 }
 
 impl Exim {
     fn start(binary: &Path, sink: u16) -> Exim {
-        let dir = common::exim_dir(binary);
-        let d = dir.path();
-        let conf = format!(
-            "primary_hostname = mx.example.com
+        Exim(PrivateExim::start(binary, |d| {
+            format!(
+                "primary_hostname = mx.example.com
 domainlist local_domains = example.com
 # batv's address: Exim relays anything for it.
 hostlist relay_from_hosts = {relay}
@@ -112,40 +106,10 @@ sink:
 begin retry
 * * F,1m,10s
 ",
-            relay = BATV_ADDR,
-            d = d.display()
-        );
-        let conf_path = d.join("exim.conf");
-        std::fs::write(&conf_path, conf).unwrap();
-        let port = free_port();
-        // -bdf: the daemon in the foreground, so its PID is the child's.
-        let child = Command::new(binary)
-            .arg("-C")
-            .arg(&conf_path)
-            .args(["-bdf", "-oX", &port.to_string()])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let exim = Exim {
-            child,
-            port,
-            binary: binary.to_path_buf(),
-            conf: conf_path,
-            dir,
-        };
-        assert!(wait_port(port), "Exim did not listen on {port}: {}", exim.log());
-        exim
-    }
-
-    fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    fn log(&self) -> String {
-        let log = |name: &str| std::fs::read_to_string(self.dir.path().join("log").join(name)).unwrap_or_default();
-        log("mainlog") + &log("paniclog")
+                relay = BATV_ADDR,
+                d = d.display()
+            )
+        }))
     }
 
     /// The mainlog's lines holding `needle`.
@@ -191,25 +155,6 @@ begin retry
     }
 }
 
-impl Drop for Exim {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("--- exim log ---\n{}", self.log());
-        }
-        // SIGTERM stops the daemon; its children finish their one session or delivery.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Everything under test; fields drop in order: the proxy first, then Exim, the sink.
 struct Site {
     proxy: Option<Proxy>,
@@ -225,7 +170,7 @@ const VALID: &str = "alice@example.com\nbob@example.com\n";
 /// in front of Exim, with `VALID` as its valid recipients. None (skip) when Exim or
 /// aiosmtpd cannot run here.
 fn site(gateway: Option<&str>) -> Option<Site> {
-    let exim = exim_binary();
+    let exim = common::exim::binary();
     let root = unsafe { libc::geteuid() } == 0;
     if !require("exim (exim4-daemon-light), run as root", exim.is_some() && root) || !require("python3-aiosmtpd", python_with_aiosmtpd()) {
         return None;

@@ -18,14 +18,15 @@
 
 mod common;
 
+use common::exim::PrivateExim;
+
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::data::{canonical, postfix_end, unstuffed};
-use common::postfix::{can_run_postfix, free_port, wait_port, Postfix};
+use common::postfix::{can_run_postfix, free_port, Postfix};
 use common::proxy::{postfix_root, Proxy, TODAY};
 use common::{python_with_aiosmtpd, require, Sink};
 
@@ -373,18 +374,20 @@ smtpd_error_sleep_time = 0s
 
 /// Exim listening on a loopback port with its own configuration: example.com accepted and
 /// relayed to the sink. Stopped by its PID.
-struct Exim {
-    child: Child,
-    port: u16,
-    dir: tempfile::TempDir,
+struct Exim(PrivateExim);
+
+impl std::ops::Deref for Exim {
+    type Target = PrivateExim;
+    fn deref(&self) -> &PrivateExim {
+        &self.0
+    }
 }
 
 impl Exim {
     fn start(binary: &Path, sink: u16) -> Exim {
-        let dir = common::exim_dir(binary);
-        let d = dir.path();
-        let conf = format!(
-            "primary_hostname = mx.example.com
+        Exim(PrivateExim::start(binary, |d| {
+            format!(
+                "primary_hostname = mx.example.com
 domainlist local_domains = example.com
 spool_directory = {d}/spool
 log_file_path = {d}/log/%slog
@@ -418,57 +421,15 @@ sink:
 begin retry
 * * F,1m,10s
 ",
-            d = d.display()
-        );
-        let conf_path = d.join("exim.conf");
-        std::fs::write(&conf_path, conf).unwrap();
-        let port = free_port();
-        // -bdf: the daemon in the foreground, so its PID is the child's.
-        let child = Command::new(binary)
-            .arg("-C")
-            .arg(&conf_path)
-            .args(["-bdf", "-oX", &port.to_string()])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let exim = Exim { child, port, dir };
-        assert!(wait_port(port), "Exim did not listen on {port}: {}", exim.log());
-        exim
-    }
-
-    fn log(&self) -> String {
-        let log = |name: &str| std::fs::read_to_string(self.dir.path().join("log").join(name)).unwrap_or_default();
-        log("mainlog") + &log("paniclog")
-    }
-}
-
-impl Drop for Exim {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("--- exim log ---\n{}", self.log());
-        }
-        // SIGTERM stops the daemon; its children finish their one session or delivery.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+                d = d.display()
+            )
+        }))
     }
 }
 
 #[test]
 fn before_queue_mode_and_a_listening_exim_stay_in_step() {
-    let exim = ["/usr/sbin/exim", "/usr/sbin/exim4"]
-        .into_iter()
-        .map(Path::new)
-        .find(|p| p.exists());
+    let exim = common::exim::binary();
     let root = unsafe { libc::geteuid() } == 0;
     if !require("exim (exim4-daemon-light), run as root", exim.is_some() && root) || !require("python3-aiosmtpd", python_with_aiosmtpd()) {
         return;

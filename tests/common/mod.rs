@@ -141,6 +141,8 @@ pub fn exim_dir(binary: &Path) -> tempfile::TempDir {
 }
 
 pub mod data;
+/// A private Exim daemon.
+pub mod exim;
 pub mod postfix;
 /// A whole Postfix MX with `batv daemon` as the README wires it.
 pub mod postfix_site;
