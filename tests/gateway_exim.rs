@@ -219,15 +219,6 @@ fn has_subject(m: &serde_json::Value, subject: &str) -> bool {
     header_fields(data(m)).contains(&want)
 }
 
-fn rcpt_tos(m: &serde_json::Value) -> Vec<String> {
-    m["rcpt_tos"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r.as_str().unwrap().to_string())
-        .collect()
-}
-
 /// The header fields of a message, unfolded, in order.
 fn header_fields(data: &str) -> Vec<String> {
     let head = data.split("\r\n\r\n").next().unwrap_or("");
@@ -302,7 +293,7 @@ impl Site {
             .sink
             .messages(0)
             .into_iter()
-            .filter(|m| rcpt_tos(m).iter().any(|r| r == CAROL))
+            .filter(|m| common::rcpt_tos(m).iter().any(|r| r == CAROL))
             .collect();
         assert!(to_carol.is_empty(), "bounces reached {CAROL}: {to_carol:#?}\n{log}");
     }
@@ -345,7 +336,7 @@ fn exim_alone_accepts_unknown_users_and_bounces_later() {
     // Both bounces reach the sink, from <> to carol, naming nobody.
     let bounces = site.delivered(2, "Exim's bounces", |m| m["mail_from"] == "<>");
     for m in &bounces {
-        assert_eq!(rcpt_tos(m), [CAROL], "{m:#?}");
+        assert_eq!(common::rcpt_tos(m), [CAROL], "{m:#?}");
         assert!(data(m).contains("X-Failed-Recipients: nobody@example.com\r\n"), "{m:#?}");
         assert!(data(m).contains("Unknown user"), "{m:#?}");
     }
@@ -370,11 +361,14 @@ fn the_gateway_refuses_unknown_users_at_rcpt_and_exim_never_bounces() {
     assert_eq!(codes(&r), [250, 250, 354, 250], "{r:#?}\n{}", site.logs());
 
     let mixed = site.delivered_subject("mixed");
-    let mut rcpts = rcpt_tos(&mixed);
+    let mut rcpts = common::rcpt_tos(&mixed);
     rcpts.sort();
     assert_eq!(rcpts, ["alice@example.com", "bob@EXAMPLE.COM"], "{mixed:#?}");
     assert_eq!(mixed["mail_from"], CAROL);
-    assert_eq!(rcpt_tos(&site.delivered_subject("to postmaster")), ["postmaster@example.com"]);
+    assert_eq!(
+        common::rcpt_tos(&site.delivered_subject("to postmaster")),
+        ["postmaster@example.com"]
+    );
     site.assert_no_bounce();
     assert!(site.exim.lines("nobody@").is_empty(), "Exim heard of nobody\n{}", site.logs());
     let arrivals = site.exim.lines(" <= ");
@@ -404,7 +398,7 @@ fn the_gateway_refuses_backscatter_and_delivers_bounces_to_valid_tags() {
 
     let m = site.delivered_subject("bounce to a valid tag");
     assert_eq!(m["mail_from"], "<>", "{m:#?}");
-    assert_eq!(rcpt_tos(&m), ["alice@example.com"], "{m:#?}");
+    assert_eq!(common::rcpt_tos(&m), ["alice@example.com"], "{m:#?}");
     let received: Vec<String> = header_fields(data(&m))
         .into_iter()
         .filter(|f| f.to_ascii_lowercase().starts_with("received:"))
@@ -463,7 +457,7 @@ fn the_gateway_is_the_relay_control() {
     assert_eq!(codes(&r), [250, 554, 250, 354, 250], "{r:#?}\n{}", site.logs());
     assert!(r[1].starts_with("554 5.7.1 "), "{r:#?}");
     let m = site.delivered_subject("relay and local");
-    assert_eq!(rcpt_tos(&m), ["alice@example.com"], "{m:#?}");
+    assert_eq!(common::rcpt_tos(&m), ["alice@example.com"], "{m:#?}");
     site.assert_no_bounce();
     assert!(
         site.exim.lines("bob@remote.test").is_empty(),
@@ -476,7 +470,7 @@ fn the_gateway_is_the_relay_control() {
     let r = site.direct(BATV_ADDR, CAROL, &["bob@remote.test"], "relayed by Exim");
     assert_eq!(codes(&r), [250, 250, 354, 250], "{r:#?}\n{}", site.logs());
     let m = site.delivered_subject("relayed by Exim");
-    assert_eq!(rcpt_tos(&m), ["bob@remote.test"], "{m:#?}");
+    assert_eq!(common::rcpt_tos(&m), ["bob@remote.test"], "{m:#?}");
     site.exim.wait_log(&format!("{} => bob@remote.test R=elsewhere", exim_id(&r[3])));
     let r = site.direct(CLIENT, CAROL, &["bob@remote.test"], "refused by Exim");
     assert_eq!(codes(&r), [250, 550], "{r:#?}\n{}", site.logs());
@@ -554,7 +548,7 @@ fn exim_alone_takes_the_relay_tricks_from_batvs_address() {
             let delivered = site.exim.lines(&format!("{id} => "));
             let failed = site.exim.lines(&format!("{id} ** "));
             match (&delivered[..], &failed[..]) {
-                ([d], []) if d.contains(" R=elsewhere ") => Fate::Relayed(rcpt_tos(&site.delivered_subject(&subject)).join(", ")),
+                ([d], []) if d.contains(" R=elsewhere ") => Fate::Relayed(common::rcpt_tos(&site.delivered_subject(&subject)).join(", ")),
                 ([], [_]) if !site.exim.lines(&format!(" <= <> R={id} ")).is_empty() => {
                     bounced += 1;
                     Fate::Bounced
@@ -572,7 +566,7 @@ fn exim_alone_takes_the_relay_tricks_from_batvs_address() {
     }
     assert!(failures.is_empty(), "{}\n{}", failures.join("\n"), site.logs());
     site.delivered(bounced, "Exim's bounces of the tricks", |m| {
-        m["mail_from"] == "<>" && rcpt_tos(m) == [CAROL]
+        m["mail_from"] == "<>" && common::rcpt_tos(m) == [CAROL]
     });
     site.exim.wait_empty_queue();
     eprintln!("gateway_exim: relay tricks, Exim alone: {:?}", started.elapsed());
@@ -588,7 +582,7 @@ fn trusted_networks_may_relay_through_the_gateway() {
     let r = site.gateway(CAROL, &["bob@remote.test"], "relay from a trusted network");
     assert_eq!(codes(&r), [250, 250, 354, 250], "{r:#?}\n{}", site.logs());
     let m = site.delivered_subject("relay from a trusted network");
-    assert_eq!(rcpt_tos(&m), ["bob@remote.test"], "{m:#?}");
+    assert_eq!(common::rcpt_tos(&m), ["bob@remote.test"], "{m:#?}");
     assert_eq!(m["mail_from"], CAROL, "{m:#?}");
     let r = transaction(
         &site.proxy().addr,

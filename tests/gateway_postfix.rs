@@ -157,22 +157,13 @@ impl Site {
         self.sink
             .messages(0)
             .into_iter()
-            .filter(|m| m["mail_from"] == "<>" && rcpts(m) == [rcpt])
+            .filter(|m| m["mail_from"] == "<>" && common::rcpt_tos(m) == [rcpt])
             .collect()
     }
 }
 
 fn codes(replies: &[String]) -> Vec<u16> {
     replies.iter().map(|r| code(r)).collect()
-}
-
-fn rcpts(m: &serde_json::Value) -> Vec<String> {
-    m["rcpt_tos"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r.as_str().unwrap().to_string())
-        .collect()
 }
 
 /// The message's header fields as raw lines (folding kept), up to the blank line.
@@ -263,7 +254,9 @@ fn postfix_alone_takes_unknown_users_then_bounces_and_relays_for_batvs_address()
         "{d:#?}\n{}",
         site.logs()
     );
-    let bounce = site.wait_message("bounce to carol", |m| m["mail_from"] == "<>" && rcpts(m) == ["carol@remote.test"]);
+    let bounce = site.wait_message("bounce to carol", |m| {
+        m["mail_from"] == "<>" && common::rcpt_tos(m) == ["carol@remote.test"]
+    });
     assert!(bounce["data"].as_str().unwrap().contains("Subject: to nobody"), "{bounce:#?}");
     assert_eq!(subject_of(&bounce), Some("Undelivered Mail Returned to Sender"));
 
@@ -275,7 +268,7 @@ fn postfix_alone_takes_unknown_users_then_bounces_and_relays_for_batvs_address()
         d.len() == 1 && d[0].contains(" postfix/outbound/smtp[") && d[0].contains("to=<bob@remote.test>, relay="),
         "{d:#?}"
     );
-    assert_eq!(rcpts(&site.message("relay to remote")), ["bob@remote.test"]);
+    assert_eq!(common::rcpt_tos(&site.message("relay to remote")), ["bob@remote.test"]);
 
     // Every relay trick is taken. The four that route are rewritten to bob@evil.test and
     // relayed out (Postfix's defaults: allow_percent_hack, swap_bangpath, source routes
@@ -293,7 +286,7 @@ fn postfix_alone_takes_unknown_users_then_bounces_and_relays_for_batvs_address()
                     && d[0].contains("to=<bob@example.com>, orig_to=<bob@example.com.>, relay="),
                 "{trick}: {d:#?}"
             );
-            assert_eq!(rcpts(&m), ["bob@example.com"], "{trick}");
+            assert_eq!(common::rcpt_tos(&m), ["bob@example.com"], "{trick}");
         } else {
             // The source route is gone at RCPT already: no orig_to.
             let to = match trick {
@@ -304,7 +297,7 @@ fn postfix_alone_takes_unknown_users_then_bounces_and_relays_for_batvs_address()
                 d.len() == 1 && d[0].contains(" postfix/outbound/smtp[") && d[0].contains(&to),
                 "{trick}: {d:#?}"
             );
-            assert_eq!(rcpts(&m), ["bob@evil.test"], "{trick}");
+            assert_eq!(common::rcpt_tos(&m), ["bob@evil.test"], "{trick}");
         }
     }
 
@@ -407,11 +400,11 @@ fn the_gateway_refuses_unknown_users_relaying_and_backscatter() {
 
     let bounce = site.message("bounce to a valid tag");
     assert_eq!(bounce["mail_from"], "<>", "{bounce:#?}");
-    assert_eq!(rcpts(&bounce), ["alice@example.com"], "{bounce:#?}");
+    assert_eq!(common::rcpt_tos(&bounce), ["alice@example.com"], "{bounce:#?}");
     assert_batv_received(&bounce, "");
     let mail = site.message("mail");
     assert_eq!(mail["mail_from"], carol, "{mail:#?}");
-    let mut to = rcpts(&mail);
+    let mut to = common::rcpt_tos(&mail);
     to.sort();
     assert_eq!(to, ["alice@example.com", "postmaster@example.com"], "{mail:#?}");
     assert_batv_received(&mail, carol);
@@ -453,6 +446,6 @@ fn the_gateway_relays_for_trusted_networks() {
         site.logs()
     );
     let m = site.message("relayed");
-    assert_eq!(rcpts(&m), ["bob@remote.test"]);
+    assert_eq!(common::rcpt_tos(&m), ["bob@remote.test"]);
     assert_batv_received(&m, "carol@example.com");
 }

@@ -140,6 +140,16 @@ pub fn exim_dir(binary: &Path) -> tempfile::TempDir {
     dir
 }
 
+/// The recipients of a message the sink recorded.
+pub fn rcpt_tos(m: &serde_json::Value) -> Vec<String> {
+    m["rcpt_tos"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_str().unwrap().to_string())
+        .collect()
+}
+
 pub mod data;
 /// A private Exim daemon.
 pub mod exim;
