@@ -24,6 +24,8 @@ rows = [
     # (label, group, bench, items per iteration, baseline bench, target per second)
     ("verify native tag", "tag", "verify_native", 1, "baseline_hmac-sha256", 4_000_000),
     ("verify prvs tag", "tag", "verify_prvs", 1, "baseline_hmac-sha1", 4_000_000),
+    ("verify native, sub-address", "tag", "verify-subaddress_native", 1, "baseline_hmac-sha256", None),
+    ("verify prvs, sub-address", "tag", "verify-subaddress_prvs", 1, "baseline_hmac-sha1", None),
     ("sign native", "tag", "sign_native", 1, "baseline_hmac-sha256", 4_000_000),
     ("sign prvs", "tag", "sign_prvs", 1, "baseline_hmac-sha1", 4_000_000),
     ("parse a tagged address", "tag", "parse_native", 1, "baseline_hmac-sha256", None),

@@ -54,7 +54,7 @@ fn bench(c: &mut Criterion) {
     store
         .import(0, Secret::new(b"s3cret\0\0\0\0\0\0\0\0\0\0".to_vec()).unwrap(), TODAY * 86_400)
         .unwrap();
-    let keys = store.load().unwrap();
+    let keys = store.load().unwrap().into();
     let rules = Rules {
         protected: DomainSet::new(["example.org"]).unwrap(),
         schemes: tag::Schemes::ALL,

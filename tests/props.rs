@@ -1,11 +1,37 @@
 //! Property tests: round trips, single-character substitutions, and total parsing.
 
 use batv::core::address;
-use batv::core::tag::{self, Scheme, TagKey, Verdict};
+use batv::core::tag::{self, Scheme, Syntax, TagKey, Verdict};
 use proptest::prelude::*;
 
 fn scheme() -> impl Strategy<Value = Scheme> {
     prop_oneof![Just(Scheme::Native), Just(Scheme::Prvs)]
+}
+
+fn syntax() -> impl Strategy<Value = Syntax> {
+    prop_oneof![
+        Just(Syntax::Prefix),
+        Just(Syntax::Subaddress('+')),
+        Just(Syntax::Subaddress('-')),
+        Just(Syntax::Subaddress('_')),
+    ]
+}
+
+/// Where the tag's characters are in a signed address: `prvs=KDDDHASH=` at the start of
+/// the local part, or `+prvs=KDDDHASH` at its end (after an opening quote, before the
+/// closing one).
+fn tag_span(signed: &str, scheme: Scheme, syntax: Syntax) -> std::ops::Range<usize> {
+    let at = signed.rfind('@').unwrap();
+    match syntax {
+        Syntax::Prefix => {
+            let start = usize::from(signed.starts_with('"'));
+            start..start + scheme.overhead()
+        }
+        Syntax::Subaddress(_) => {
+            let end = at - usize::from(signed[..at].ends_with('"'));
+            end - scheme.overhead()..end
+        }
+    }
 }
 
 /// Local parts: dot-atoms (with UTF-8) and ones that need quoting.
@@ -33,7 +59,7 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
 
     #[test]
-    fn sign_then_verify_round_trips(local in local(), domain in domain(), scheme in scheme(),
+    fn sign_then_verify_round_trips(local in local(), domain in domain(), scheme in scheme(), syntax in syntax(),
                                    key_id in 0u8..10, today in 0i64..200_000, lifetime in 7u16..=30,
                                    checked_after in 0i64..=31) {
         let keys = keys();
@@ -41,7 +67,8 @@ proptest! {
         let addr = address::parse(&addr_text).unwrap();
         prop_assume!(!tag::too_long_to_sign(&addr.local, scheme));
         let ddd = tag::day_stamp(today, lifetime);
-        let signed = tag::sign(&keys[key_id as usize], key_id, scheme, &addr, ddd).unwrap();
+        let signed = tag::sign(&keys[key_id as usize], key_id, scheme, syntax, &addr, ddd).unwrap();
+        prop_assert!(tag::looks_tagged(&address::parse(&signed).unwrap().local), "{}", signed);
         prop_assert!(signed.split('@').next().is_some());
         prop_assert!(address::parse(&signed).is_ok(), "signed form must be a valid address: {}", signed);
         // Valid from signing through expiry (and a day either side), whatever the day.
@@ -80,27 +107,30 @@ proptest! {
         let keys = keys();
         let text = format!("{local}@{domain}");
         let addr = address::parse(&text).unwrap();
-        let signed = tag::sign(&keys[3], 3, Scheme::Native, &addr, tag::day_stamp(today, 7)).unwrap();
+        for syntax in [Syntax::Prefix, Syntax::Subaddress('+')] {
+        let signed = tag::sign(&keys[3], 3, Scheme::Native, syntax, &addr, tag::day_stamp(today, 7)).unwrap();
         for variant in [signed.to_ascii_uppercase(), signed.to_ascii_lowercase()] {
             let v = tag::verify(&variant, today, tag::Schemes::ALL, |k| keys.get(k as usize)).unwrap();
             prop_assert!(v.is_valid(), "{} -> {:?}", variant, v);
+        }
         }
     }
 
     #[test]
     fn every_substitution_in_the_tag_is_rejected_except_case(local in local(), domain in domain(), scheme in scheme(),
-                                                             key_id in 0u8..10, today in 0i64..200_000) {
+                                                             syntax in syntax(), key_id in 0u8..10, today in 0i64..200_000) {
         let keys = keys();
         let addr_text = address::format(&local, &domain);
         let addr = address::parse(&addr_text).unwrap();
         prop_assume!(!tag::too_long_to_sign(&addr.local, scheme));
-        let signed = tag::sign(&keys[key_id as usize], key_id, scheme, &addr, tag::day_stamp(today, 7)).unwrap();
-        // The tag: `prvs=KDDDHASH=`, after an opening quote if the local part is quoted.
-        let start = usize::from(signed.starts_with('"'));
-        let end = start + scheme.overhead();
+        let signed = tag::sign(&keys[key_id as usize], key_id, scheme, syntax, &addr, tag::day_stamp(today, 7)).unwrap();
+        let span = tag_span(&signed, scheme, syntax);
         let chars: Vec<char> = signed.chars().collect();
+        // The span is ASCII, and so is everything before it in the prefix syntax; in the
+        // sub-address syntax count characters from the end.
+        let offset = chars.len() - signed[span.start..].chars().count();
         let replacements: Vec<char> = (' '..='~').chain(['é', '\u{0}', '\t']).collect();
-        for i in start..end {
+        for i in offset..offset + span.len() {
             for &c in &replacements {
                 if c == chars[i] {
                     continue;
@@ -111,8 +141,14 @@ proptest! {
                 let verdict = tag::verify(&s, today, tag::Schemes::ALL, |k| keys.get(k as usize));
                 prop_assert_eq!(&verdict, &tag::verify_general(&s, today, tag::Schemes::ALL, |k| keys.get(k as usize)), "fast and general paths differ on {}", s);
                 let valid = matches!(verdict, Ok(Verdict::Valid(_)));
-                if c.eq_ignore_ascii_case(&chars[i]) {
-                    prop_assert!(valid, "case change must verify: {} -> {:?}", s, verdict);
+                // The sub-address delimiter may be any of them: the tag authenticates
+                // the mailbox before it, which is what the verifier gives back.
+                let other_delimiter = i == offset && syntax != Syntax::Prefix && tag::SUBADDRESS_DELIMITERS.contains(c);
+                if c.eq_ignore_ascii_case(&chars[i]) || other_delimiter {
+                    match verdict {
+                        Ok(Verdict::Valid(ch)) => prop_assert_eq!(ch.original.as_ref(), addr_text.as_str()),
+                        other => prop_assert!(false, "case change must verify: {} -> {:?}", s, other),
+                    }
                 } else {
                     prop_assert!(!valid, "substitution accepted: {} (from {})", s, signed);
                 }
@@ -120,11 +156,54 @@ proptest! {
         }
     }
 
+    /// A tag authenticates one address: never the mailbox with an extension added or
+    /// taken away, another domain, or the other form's reading of the same characters.
+    #[test]
+    fn a_tag_is_for_its_address_only(local in "[a-z0-9.]{1,12}", ext in "[a-z0-9]{1,8}", domain in domain(),
+                                     scheme in scheme(), d in prop_oneof![Just('+'), Just('-'), Just('_')],
+                                     today in 0i64..200_000) {
+        prop_assume!(!local.starts_with('.') && !local.ends_with('.') && !local.contains(".."));
+        let keys = keys();
+        let lookup = |k: u8| keys.get(k as usize);
+        let ddd = tag::day_stamp(today, 7);
+        let sign = |l: &str, syntax| tag::sign(&keys[1], 1, scheme, syntax, &address::parse(&format!("{l}@{domain}")).unwrap(), ddd).unwrap();
+        let valid_for = |s: &str| match tag::verify(s, today, tag::Schemes::ALL, lookup) {
+            Ok(Verdict::Valid(c)) => Some(c.original.into_owned()),
+            _ => None,
+        };
+        let mailbox = format!("{local}@{domain}");
+        let extended = format!("{local}{d}{ext}@{domain}");
+        // alice+prvs=T(alice): valid for alice only; moved behind an extension it is not.
+        let tagged = sign(&local, Syntax::Subaddress(d));
+        prop_assert_eq!(valid_for(&tagged), Some(mailbox.clone()));
+        let moved = tagged.replacen(&format!("{local}{d}"), &format!("{local}{d}{ext}{d}"), 1);
+        prop_assert_eq!(valid_for(&moved), None, "{}", moved);
+        // alice+news+prvs=T(alice+news): valid for alice+news; without the extension not.
+        let tagged_ext = sign(&format!("{local}{d}{ext}"), Syntax::Subaddress(d));
+        prop_assert_eq!(valid_for(&tagged_ext), Some(extended.clone()));
+        let cut = tagged_ext.replacen(&format!("{d}{ext}{d}"), &d.to_string(), 1);
+        prop_assert_eq!(valid_for(&cut), None, "{}", cut);
+        // The same tag value in the other syntax names the same address, or none.
+        let prefix = sign(&local, Syntax::Prefix);
+        let value = &prefix[5..prefix.find('=').unwrap() + 1 + scheme.overhead() - 6];
+        let crossed = format!("{local}{d}prvs={value}@{domain}");
+        prop_assert_eq!(valid_for(&crossed), Some(mailbox.clone()), "{}", crossed);
+        let crossed_ext = format!("prvs={value}={local}{d}{ext}@{domain}");
+        prop_assert_eq!(valid_for(&crossed_ext), None, "{}", crossed_ext);
+        // Another domain.
+        let elsewhere = tagged.replacen(&format!("@{domain}"), "@elsewhere.example", 1);
+        prop_assert_eq!(valid_for(&elsewhere), None, "{}", elsewhere);
+        // Stripping recovers the original in either form, without a key.
+        prop_assert_eq!(tag::strip(&tagged).unwrap().into_owned(), mailbox);
+        prop_assert_eq!(tag::strip(&tagged_ext).unwrap().into_owned(), extended);
+    }
+
     #[test]
     fn parsing_is_total(s in "\\PC{0,80}", bytes in proptest::collection::vec(any::<u8>(), 0..120)) {
         let keys = keys();
         let lossy = String::from_utf8_lossy(&bytes).into_owned();
-        let inputs = [s.clone(), lossy, format!("prvs={s}"), format!("\"prvs={s}\"@x.org"), format!("prvs=1787{s}=a@b.c")];
+        let inputs = [s.clone(), lossy, format!("prvs={s}"), format!("\"prvs={s}\"@x.org"), format!("prvs=1787{s}=a@b.c"),
+                      format!("a+prvs={s}"), format!("a+prvs=1787{s}@b.c"), format!("\"a b-prvs={s}\"@x.org"), format!("{s}_prvs=1787abcdef@b.c")];
         for input in inputs.iter().map(String::as_str) {
             let _ = address::parse(input);
             let _ = tag::parse(input);

@@ -2,7 +2,7 @@
 //! of the address it came back to, is backscatter, or cannot be settled.
 
 use super::{Kind, Report};
-use crate::core::keys::KeySet;
+use crate::core::keys::Keyring;
 use crate::core::tag::{self, Verdict};
 use crate::core::verdict::Rules;
 
@@ -43,12 +43,12 @@ impl CheckVerdict {
 /// delivery leaves it in the returned headers). Every message we send carries a tag, so a
 /// spammer can quote anyone's: a colleague's tagged Return-Path in a bounce to alice says
 /// nothing about alice.
-pub fn judge(report: &Report, recipient: Option<&str>, rules: &Rules, keys: &KeySet, today: i64) -> CheckVerdict {
+pub fn judge(report: &Report, recipient: Option<&str>, rules: &Rules, keys: &Keyring, today: i64) -> CheckVerdict {
     if !report.kind.is_bounce() {
         return CheckVerdict::NotABounce;
     }
-    fn verify<'a>(a: &'a str, rules: &Rules, keys: &KeySet, today: i64) -> Option<Verdict<'a>> {
-        tag::verify(a, today, rules.schemes, |id| keys.get(id)).ok()
+    fn verify<'a>(a: &'a str, rules: &Rules, keys: &Keyring, today: i64) -> Option<Verdict<'a>> {
+        tag::verify(a, today, rules.schemes, keys).ok()
     }
     let protected = |a: &str| crate::core::address::parse(a).is_ok_and(|x| rules.protected.contains(x.domain));
     // The recipient as the MTA resolved it, and its own tag.
@@ -123,9 +123,9 @@ fn same_address(a: &str, b: &str) -> bool {
 /// The DATA check's tag question about a message: the returned sender, when it is one of
 /// ours and carries a tag: Some(true) if the tag fails (a guess, counted as the proxy and
 /// milter count invalid tags), Some(false) if it is authentic; None otherwise.
-pub fn returned_tag_failed(report: &Report, rules: &Rules, keys: &KeySet, today: i64) -> Option<bool> {
+pub fn returned_tag_failed(report: &Report, rules: &Rules, keys: &Keyring, today: i64) -> Option<bool> {
     let a = report.original_sender.as_deref()?;
-    let v = tag::verify(a, today, rules.schemes, |k| keys.get(k)).ok()?;
+    let v = tag::verify(a, today, rules.schemes, keys).ok()?;
     let ours = crate::core::address::parse(a).is_ok_and(|x| rules.protected.contains(x.domain));
     (v != Verdict::Untagged && ours).then_some(matches!(v, Verdict::BadSignature | Verdict::UnknownKey(_) | Verdict::Malformed(_)))
 }
@@ -133,7 +133,7 @@ pub fn returned_tag_failed(report: &Report, rules: &Rules, keys: &KeySet, today:
 /// The DATA check's verdict on a message for its untagged recipients, each judged on its
 /// own (a tag vouches only for its own address): the worst, and whose it is. None without
 /// recipients.
-pub fn worst_for<'r>(report: &Report, rcpts: &'r [String], rules: &Rules, keys: &KeySet, today: i64) -> Option<(CheckVerdict, &'r str)> {
+pub fn worst_for<'r>(report: &Report, rcpts: &'r [String], rules: &Rules, keys: &Keyring, today: i64) -> Option<(CheckVerdict, &'r str)> {
     let rank = |v: &CheckVerdict| match v {
         CheckVerdict::Backscatter(_) => 0,
         CheckVerdict::Unknown(_) => 1,

@@ -41,8 +41,8 @@ pub enum Command {
     #[command(long_about = CHECK_ABOUT, after_long_help = CHECK_EXAMPLES)]
     Check(CheckArgs),
     /// Manage the signing keys
-    #[command(subcommand, long_about = KEYS_ABOUT, disable_help_subcommand = true)]
-    Keys(KeysCommand),
+    #[command(long_about = KEYS_ABOUT, disable_help_subcommand = true)]
+    Keys(KeysArgs),
     /// Validate or print the configuration
     #[command(subcommand, disable_help_subcommand = true)]
     Config(ConfigCommand),
@@ -334,6 +334,11 @@ pub struct SignArgs {
     /// Tag scheme [default: scheme from the config, else native]
     #[arg(long, value_name = "SCHEME")]
     pub scheme: Option<Scheme>,
+    /// Where the tag goes: prefix (prvs=...=alice@example.com) or subaddress
+    /// (alice+prvs=...@example.com, with subaddress_delimiter) [default: tag_syntax from
+    /// the config, else prefix]
+    #[arg(long, value_name = "SYNTAX")]
+    pub syntax: Option<crate::core::config::TagSyntax>,
     /// Sign with this key id (0-9) instead of the active key
     #[arg(long, value_name = "ID")]
     pub key: Option<String>,
@@ -440,6 +445,15 @@ One host: `batv keys rotate`. A fleet sharing keys, in two phases: `batv keys ad
 (or `import`) on every host, then `batv keys activate ID` on every host, so no host ever sees
 a tag it cannot check. Prune retired keys with `batv keys prune`.";
 
+#[derive(Debug, Args)]
+pub struct KeysArgs {
+    /// Manage the [domain_keys] store of this domain instead of keys_dir
+    #[arg(long, value_name = "DOMAIN", global = true)]
+    pub domain: Option<String>,
+    #[command(subcommand)]
+    pub command: KeysCommand,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum KeysCommand {
     /// Create the keys directory and a first active key, unless keys exist
@@ -470,7 +484,7 @@ pub enum KeysCommand {
     },
     /// Delete keys retired more than 32 days ago
     Prune,
-    /// Import a secret (16-64 bytes, one trailing newline stripped) as standby key ID
+    /// Import a secret (16-64 bytes, one trailing newline stripped unless --raw) as standby key ID
     ///
     /// A shorter or longer secret is refused (exit 65): a short one could be guessed from
     /// one signed address.
@@ -484,6 +498,10 @@ pub enum KeysCommand {
         /// Read the secret from standard input
         #[arg(long, group = "source")]
         secret_stdin: bool,
+        /// Take the bytes exactly as they are, a trailing newline included (batv-tools
+        /// keys are 64 raw bytes)
+        #[arg(long)]
+        raw: bool,
     },
     /// Show one key; the secret only with --secret
     Show {

@@ -3,13 +3,13 @@
 
 use std::ffi::OsString;
 use std::io::{self, BufRead, Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use crate::cli::{Cli, Command, ConfigCommand, KeysCommand, SignArgs, StripArgs, VerifyArgs};
+use crate::cli::{Cli, Command, ConfigCommand, SignArgs, StripArgs, VerifyArgs};
 use crate::core::address::{self, AddressError};
 use crate::core::config::{self, Config, ConfigError};
 use crate::core::exit::*;
-use crate::core::keys::{self, Change, KeyError, KeySet, KeyStore, Secret};
+use crate::core::keys::{self, Change, KeyError, KeyStore, KeyStores, Keyring};
 use crate::core::tag::{self, Verdict};
 use crate::core::time;
 use crate::modes::sendmail::Wrapper;
@@ -82,18 +82,23 @@ impl Context {
         KeyStore::new(&self.keys_dir, self.config.key_group.as_deref())
     }
 
-    /// Load keys for an interactive command: an existing but empty directory gets a first
-    /// key (the quick start). Daemons use `KeyStore::load` and never do this.
-    fn keys_interactive(&self) -> Result<KeySet, KeyError> {
-        let store = self.store()?;
-        let keys = store.load()?;
-        if !keys.is_empty() {
-            return Ok(keys);
+    /// `keys_dir` and the `[domain_keys]` stores.
+    pub fn stores(&self) -> Result<KeyStores, KeyError> {
+        KeyStores::from_config(&self.config, &self.keys_dir)
+    }
+
+    /// Load keys for an interactive command: an existing but empty `keys_dir` gets a
+    /// first key (the quick start); `[domain_keys]` stores are only read. Daemons use
+    /// `KeyStores::startup` and never do this.
+    fn keys_interactive(&self) -> Result<Keyring, KeyError> {
+        let stores = self.stores()?;
+        let store = &stores.default;
+        if store.load()?.is_empty() {
+            if let Change::Added(id) = store.ensure_first_key(self.now)? {
+                eprintln!("batv: created a first signing key (id {id}) in {}", store.dir().display());
+            }
         }
-        if let Change::Added(id) = store.ensure_first_key(self.now)? {
-            eprintln!("batv: created a first signing key (id {id}) in {}", store.dir().display());
-        }
-        store.load()
+        stores.load()
     }
 }
 
@@ -108,7 +113,7 @@ pub fn run(cli: Cli) -> u8 {
         Command::Verify(a) => verify(&ctx, a),
         Command::Strip(a) => strip(a),
         Command::Check(a) => check(&ctx, a),
-        Command::Keys(k) => keys_cmd(&ctx, k),
+        Command::Keys(k) => super::keys::run(&ctx, k),
         Command::Config(c) => config_cmd(&ctx, c),
         Command::Sendmail(a) => Ok(wrapper(ctx, OsString::from("sendmail")).run(a.args)),
         Command::Proxy(a) => proxy(ctx, a),
@@ -129,11 +134,11 @@ fn proxy(ctx: Context, a: crate::cli::ProxyArgs) -> Result<u8, CliError> {
     let mut config = ctx.config.clone();
     config.proxy.forward = a.forward.unwrap_or(config.proxy.forward);
     let listen = a.listen.unwrap_or(config.proxy.listen);
-    let mut source = server::Source::new(ctx.config_path.clone(), ctx.store()?);
+    let mut source = server::Source::new(ctx.config_path.clone(), ctx.stores()?);
     if let Some(f) = a.forward {
         source.adjust = Box::new(move |c: &mut Config| c.proxy.forward = f);
     }
-    let keys = crate::core::keys::startup_keys(&source.store)?;
+    let keys = source.stores.startup()?;
     let how = server::Launch {
         bind: || Ok(vec![server::listen::bind_tcp(listen)?]),
         metrics: config.proxy.metrics_listen,
@@ -155,8 +160,8 @@ fn daemon(ctx: Context, a: crate::cli::DaemonArgs) -> Result<u8, CliError> {
         a.listen
     };
     let unix = unix_options(&ctx, config.daemon.socket_mode(), config.daemon.socket_group.as_deref(), "daemon")?;
-    let source = server::Source::new(ctx.config_path.clone(), ctx.store()?);
-    let keys = crate::core::keys::startup_keys(&source.store)?;
+    let source = server::Source::new(ctx.config_path.clone(), ctx.stores()?);
+    let keys = source.stores.startup()?;
     let how = server::Launch {
         bind: move || server::listen::bind(&listen, unix),
         metrics: config.daemon.metrics_listen,
@@ -178,8 +183,8 @@ fn milter(ctx: Context, a: crate::cli::MilterArgs) -> Result<u8, CliError> {
         a.listen
     };
     let unix = unix_options(&ctx, config.milter.socket_mode(), config.milter.socket_group.as_deref(), "milter")?;
-    let source = server::Source::new(ctx.config_path.clone(), ctx.store()?);
-    let keys = crate::core::keys::startup_keys(&source.store)?;
+    let source = server::Source::new(ctx.config_path.clone(), ctx.stores()?);
+    let keys = source.stores.startup()?;
     let how = server::Launch {
         bind: move || server::listen::bind(&listen, unix),
         metrics: config.milter.metrics_listen,
@@ -272,14 +277,13 @@ fn shown(s: &str) -> String {
 fn sign(ctx: &Context, a: SignArgs) -> Result<u8, CliError> {
     let scheme = a.scheme.unwrap_or(ctx.config.scheme);
     let addrs = inputs(a.addresses)?;
-    let keys = ctx.keys_interactive()?;
-    let key = match a.key.as_deref() {
-        Some(id) => {
-            let id = keys::parse_id(id)?;
-            keys.key(id).ok_or(KeyError::UnknownKey(id))?
-        }
-        None => keys.active().ok_or(KeyError::NoActiveKey)?,
+    let syntax = match a.syntax {
+        Some(config::TagSyntax::Prefix) => tag::Syntax::Prefix,
+        Some(config::TagSyntax::Subaddress) => tag::Syntax::Subaddress(ctx.config.subaddress_delimiter),
+        None => ctx.config.syntax(),
     };
+    let ring = ctx.keys_interactive()?;
+    let key_id = a.key.as_deref().map(keys::parse_id).transpose()?;
     let ddd = tag::day_stamp(ctx.today(), ctx.config.lifetime_days);
     let mut out = io::stdout().lock();
     let mut code = EX_OK;
@@ -307,7 +311,13 @@ fn sign(ctx: &Context, a: SignArgs) -> Result<u8, CliError> {
             eprintln!("batv: {}: not signed ({})", shown(s), skip.name());
             continue;
         }
-        match tag::sign(&key.tag, key.info.id, scheme, &addr, ddd) {
+        // The store of the address's domain signs it ([domain_keys]).
+        let keys = ring.get(addr.domain);
+        let key = match key_id {
+            Some(id) => keys.key(id).ok_or(KeyError::UnknownKey(id))?,
+            None => keys.active().ok_or(KeyError::NoActiveKey)?,
+        };
+        match tag::sign(&key.tag, key.info.id, scheme, syntax, &addr, ddd) {
             Ok(signed) => writeln!(out, "{signed}")?,
             Err(e) => {
                 eprintln!("batv: {}: invalid address: {e}", shown(s));
@@ -327,7 +337,7 @@ fn verify(ctx: &Context, a: VerifyArgs) -> Result<u8, CliError> {
     let mut out = io::stdout().lock();
     let mut code = EX_OK;
     for s in &addrs {
-        let verdict = tag::verify(s, today, schemes, |id| keys.get(id));
+        let verdict = tag::verify(s, today, schemes, &keys);
         if a.json {
             writeln!(out, "{}", verdict_json(s, &verdict, today))?;
         }
@@ -372,7 +382,7 @@ fn check(ctx: &Context, a: crate::cli::CheckArgs) -> Result<u8, CliError> {
     let recipient = a.recipient.clone().or_else(|| report.envelope_recipient.clone());
     // Keys are needed only for a bounce; unreadable keys are a temporary failure.
     let verdict = if report.kind.is_bounce() {
-        match ctx.store().and_then(|s| s.load()) {
+        match ctx.stores().and_then(|s| s.load()) {
             Ok(keys) => Ok(bounce::judge(
                 &report,
                 recipient.as_deref(),
@@ -466,113 +476,28 @@ fn strip(a: StripArgs) -> Result<u8, CliError> {
     Ok(code)
 }
 
-fn keys_cmd(ctx: &Context, cmd: KeysCommand) -> Result<u8, CliError> {
-    let store = ctx.store()?;
-    let now = ctx.now;
-    let change = match cmd {
-        KeysCommand::Init => store.init(now)?,
-        KeysCommand::List => return keys_list(&store, now),
-        KeysCommand::Add { standby } => store.add(standby, now)?,
-        KeysCommand::Activate { id } => store.activate(keys::parse_id(&id)?, now)?,
-        KeysCommand::Rotate => store.rotate(now)?,
-        KeysCommand::Retire { id } => store.retire(keys::parse_id(&id)?, now)?,
-        KeysCommand::Prune => store.prune(now)?,
-        KeysCommand::Import {
-            id,
-            secret_file,
-            secret_stdin,
-        } => {
-            let id = keys::parse_id(&id)?;
-            let bytes = read_secret_input(secret_file.as_deref(), secret_stdin)?;
-            let secret = Secret::from_file_bytes(bytes).map_err(|e| CliError::Data(format!("import: {e}")))?;
-            store.import(id, secret, now)?
-        }
-        KeysCommand::Show { id, secret } => return keys_show(&store, keys::parse_id(&id)?, secret, now),
-    };
-    println!("{}", describe_change(&change, store.dir()));
-    Ok(EX_OK)
-}
-
-fn read_secret_input(file: Option<&Path>, stdin: bool) -> Result<Vec<u8>, CliError> {
-    let mut bytes = vec![];
-    let limit = (keys::MAX_SECRET_LEN + 2) as u64;
-    match file {
-        Some(f) => std::fs::File::open(f)
-            .and_then(|h| h.take(limit).read_to_end(&mut bytes))
-            .map_err(|e| CliError::Data(format!("{}: {e}", f.display())))?,
-        None if stdin => io::stdin().lock().take(limit).read_to_end(&mut bytes)?,
-        None => return Err(CliError::Usage("import needs --secret-file FILE or --secret-stdin".into())),
-    };
-    Ok(bytes)
-}
-
-fn describe_change(c: &Change, dir: &Path) -> String {
-    let retired = |r: &Option<u8>| r.map(|r| format!("; key {r} retired")).unwrap_or_default();
-    match c {
-        Change::Added(id) => format!("added key {id} in {}", dir.display()),
-        Change::Activated { id, retired: r } => format!("key {id} is now active{}", retired(r)),
-        Change::Rotated { new, retired: r } => format!("added key {new}, now active{}", retired(r)),
-        Change::Retired(id) => format!("key {id} retired"),
-        Change::Pruned(ids) if ids.is_empty() => "nothing to prune".to_string(),
-        Change::Pruned(ids) => format!("pruned key(s) {}", ids.iter().map(u8::to_string).collect::<Vec<_>>().join(", ")),
-        Change::Imported(id) => format!("imported key {id} (standby; activate it with `batv keys activate {id}`)"),
-        Change::Unchanged(why) => format!("unchanged: {why}"),
-    }
-}
-
-fn opt_time(t: Option<i64>) -> String {
-    t.map_or_else(|| "-".to_string(), time::format_rfc3339)
-}
-
-fn keys_list(store: &KeyStore, now: i64) -> Result<u8, CliError> {
-    let keys = store.load()?;
-    let mut out = io::stdout().lock();
-    writeln!(
-        out,
-        "{:<3} {:<18} {:<21} {:<21} {:<21} FINGERPRINT",
-        "ID", "STATE", "CREATED", "ACTIVATED", "RETIRED"
-    )?;
-    for k in keys.iter() {
-        let i = &k.info;
-        let state = if i.prunable(now) { "retired (prunable)" } else { i.state.name() };
-        writeln!(
-            out,
-            "{:<3} {:<18} {:<21} {:<21} {:<21} {}",
-            i.id,
-            state,
-            time::format_rfc3339(i.created),
-            opt_time(i.activated),
-            opt_time(i.retired),
-            i.fingerprint
-        )?;
-    }
-    Ok(EX_OK)
-}
-
-fn keys_show(store: &KeyStore, id: u8, secret: bool, now: i64) -> Result<u8, CliError> {
-    let keys = store.load()?;
-    let k = keys.key(id).ok_or(KeyError::UnknownKey(id))?;
-    let i = &k.info;
-    let mut out = io::stdout().lock();
-    writeln!(out, "id: {}", i.id)?;
-    writeln!(out, "state: {}{}", i.state.name(), if i.prunable(now) { " (prunable)" } else { "" })?;
-    writeln!(out, "created: {}", time::format_rfc3339(i.created))?;
-    writeln!(out, "activated: {}", opt_time(i.activated))?;
-    writeln!(out, "retired: {}", opt_time(i.retired))?;
-    writeln!(out, "fingerprint: {}", i.fingerprint)?;
-    if secret {
-        out.write_all(b"secret: ")?;
-        out.write_all(k.secret.expose())?;
-        out.write_all(b"\n")?;
-    }
-    Ok(EX_OK)
-}
-
 fn config_cmd(ctx: &Context, cmd: ConfigCommand) -> Result<u8, CliError> {
     match cmd {
         ConfigCommand::Check => {
             // Config::load already validated the file; the key group must exist too.
-            ctx.store()?;
+            let stores = ctx.stores()?;
+            if !ctx.config.domain_keys.is_empty() {
+                // Every store is read as a daemon would: one it could not start with is
+                // an error here too.
+                for (domain, store) in stores.iter() {
+                    let keys = keys::startup_keys(store)?;
+                    let active = keys.active().map_or_else(
+                        || "no active key".to_string(),
+                        |k| format!("active key {} ({})", k.info.id, k.info.fingerprint),
+                    );
+                    let n = keys.iter().count();
+                    println!(
+                        "{} ({}): {n} key(s), {active}",
+                        store.dir().display(),
+                        domain.unwrap_or("other domains")
+                    );
+                }
+            }
             let p = &ctx.config.proxy;
             if let Some(path) = p.valid_recipients.as_ref().filter(|_| p.mode == config::ProxyMode::Gateway) {
                 // The proxy would refuse to start (or to reload) with a bad table.

@@ -2,6 +2,7 @@
 
 mod args;
 pub mod commands;
+mod keys;
 
 pub use args::*;
 pub use commands::{run, run_as_sendmail};

@@ -2,8 +2,8 @@
 
 use crate::core::address::{self, AddressError, DomainSet};
 use crate::core::config::Config;
-use crate::core::keys::{Key, KeyError, KeySet};
-use crate::core::tag::{self, Scheme, Skip};
+use crate::core::keys::{self, ByDomain, Key, KeyError, Keyring};
+use crate::core::tag::{self, Scheme, Skip, Syntax};
 
 /// What happened to one sender.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -15,20 +15,24 @@ pub enum Outcome {
     Invalid(AddressError),
 }
 
-/// Signs senders of the configured domains with the active key.
+/// Signs senders of the configured domains with the active key of their domain's store.
 #[derive(Debug, Clone)]
 pub struct Signer {
-    key: Key,
+    keys: ByDomain<Key>,
     scheme: Scheme,
+    syntax: Syntax,
     lifetime: u16,
     domains: DomainSet,
 }
 
 impl Signer {
-    pub fn new(keys: KeySet, config: &Config) -> Result<Self, KeyError> {
+    /// Every store needs an active key: a domain whose store has none must not be
+    /// signed with another's key, which its own MX could not check.
+    pub fn new(keys: impl Into<Keyring>, config: &Config) -> Result<Self, KeyError> {
         Ok(Signer {
-            key: keys.active().cloned().ok_or(KeyError::NoActiveKey)?,
+            keys: keys::active_keys(&keys.into())?,
             scheme: config.scheme,
+            syntax: config.syntax(),
             lifetime: config.lifetime_days,
             domains: config.sign_domain_set(),
         })
@@ -49,10 +53,12 @@ impl Signer {
         if let Some(skip) = tag::structural_skip(&addr, self.scheme) {
             return Outcome::Skipped(skip);
         }
+        let key = self.keys.get(addr.domain);
         match tag::sign(
-            &self.key.tag,
-            self.key.info.id,
+            &key.tag,
+            key.info.id,
             self.scheme,
+            self.syntax,
             &addr,
             tag::day_stamp(today, self.lifetime),
         ) {
@@ -65,6 +71,7 @@ impl Signer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::keys::KeySet;
 
     pub fn signer(domains: &[&str]) -> Signer {
         let key = crate::core::keys::test_key();

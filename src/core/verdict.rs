@@ -7,7 +7,7 @@
 
 use crate::core::address::{self, DomainSet, Path};
 use crate::core::config::Config;
-use crate::core::keys::KeySet;
+use crate::core::keys::Keyring;
 use crate::core::tag::{self, Scheme, Schemes, Verdict};
 
 /// A recipient's standing in a null-sender transaction.
@@ -104,7 +104,7 @@ impl Judgement {
 
 /// Judge one recipient path (the text between the brackets) of a bounce; also used for
 /// other senders, for the stripping.
-pub fn judge(path: &str, rules: &Rules, keys: &KeySet, today: i64) -> Judgement {
+pub fn judge(path: &str, rules: &Rules, keys: &Keyring, today: i64) -> Judgement {
     let normal = match address::normalize_path(path) {
         Ok(Path::Address(a)) => a,
         // RFC 5321 §4.5.1: <Postmaster> without a domain is always accepted.
@@ -125,7 +125,7 @@ pub fn judge(path: &str, rules: &Rules, keys: &KeySet, today: i64) -> Judgement 
 }
 
 /// [`judge`] of a normalised address.
-fn judge_address(path: &str, rules: &Rules, keys: &KeySet, today: i64) -> Judgement {
+fn judge_address(path: &str, rules: &Rules, keys: &Keyring, today: i64) -> Judgement {
     let ok = |reason| Judgement::new(TxVerdict::BounceOk, reason);
     let Ok(addr) = address::parse(path) else {
         return Judgement::new(TxVerdict::Unreadable, "unreadable-address");
@@ -155,7 +155,7 @@ fn judge_address(path: &str, rules: &Rules, keys: &KeySet, today: i64) -> Judgem
             Verdict::Untagged
         }
         tag::Parsed::Malformed(why) => Verdict::Malformed(why),
-        tag::Parsed::Tagged(t) => tag::check(t, today, rules.schemes, |k| keys.get(k)),
+        tag::Parsed::Tagged(t) => tag::check(t, today, rules.schemes, keys),
     };
     if let Verdict::Valid(c) | Verdict::Expired(c) = &verdict {
         let valid = verdict.is_valid();
@@ -222,7 +222,7 @@ mod tests {
 
     #[test]
     fn what_the_mta_would_deliver_is_judged() {
-        let keys = KeySet::default();
+        let keys = Keyring::default();
         let r = rules();
         let j = |p: &str| {
             let j = judge(p, &r, &keys, 20_000);
@@ -264,7 +264,7 @@ mod tests {
 
     #[test]
     fn a_long_extension_is_no_exemption() {
-        let keys = KeySet::default();
+        let keys = Keyring::default();
         let mut r = rules();
         let long = format!("bob+{}@example.com", "x".repeat(50));
         assert_eq!(judge(&long, &r, &keys, 0).reason, "untagged");

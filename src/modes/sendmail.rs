@@ -14,7 +14,7 @@ use std::process::{Command, Stdio};
 
 use crate::core::config::{Config, OnError};
 use crate::core::exit::*;
-use crate::core::keys::KeyStore;
+use crate::core::keys::KeyStores;
 use crate::core::signer::{Outcome, Signer};
 use crate::core::tag;
 use crate::smtp::session::{self, Decision, Policy, Session};
@@ -235,8 +235,8 @@ pub struct Wrapper {
 
 impl Wrapper {
     fn signer(&self) -> Result<Signer, String> {
-        let store = KeyStore::new(&self.keys_dir, self.config.key_group.as_deref()).map_err(|e| e.to_string())?;
-        let keys = store.load().map_err(|e| e.to_string())?;
+        let stores = KeyStores::from_config(&self.config, &self.keys_dir).map_err(|e| e.to_string())?;
+        let keys = stores.load().map_err(|e| e.to_string())?;
         Signer::new(keys, &self.config).map_err(|e| e.to_string())
     }
 

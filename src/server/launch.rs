@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::core::config::Config;
-use crate::core::keys::KeySet;
+use crate::core::keys::Keyring;
 use crate::core::privilege::{self, RunAs};
 
 use super::listen::{self, Bound, Socket};
@@ -78,7 +78,7 @@ fn public(b: &Bound) -> Option<String> {
 pub fn launch<S: Service, B: FnOnce() -> io::Result<Vec<Bound>>>(
     service: S,
     config: Config,
-    keys: KeySet,
+    keys: Keyring,
     source: Source,
     how: Launch<B>,
 ) -> Result<(), StartError> {

@@ -25,7 +25,7 @@ use arc_swap::ArcSwap;
 use tokio::sync::{watch, Semaphore};
 
 use crate::core::config::Config;
-use crate::core::keys::KeySet;
+use crate::core::keys::Keyring;
 
 pub use launch::{launch, Launch, StartError};
 pub use listen::{Bound, Peer, Socket, Stream, UnixOptions};
@@ -51,7 +51,7 @@ pub trait Service: Send + Sync + Sized + 'static {
     const NAME: &'static str;
 
     /// Build a state; an error keeps the running one.
-    fn build(&self, config: &Config, keys: &KeySet) -> Result<Self::State, String>;
+    fn build(&self, config: &Config, keys: &Keyring) -> Result<Self::State, String>;
 
     /// A new configuration this mode refuses to take without a restart, and why.
     fn refuse_change(&self, _running: &Config, _new: &Config) -> Option<String> {
@@ -107,7 +107,7 @@ pub struct Server<S: Service> {
 
 impl<S: Service> Server<S> {
     /// Build the first state (an error is a configuration error).
-    pub fn new(service: S, config: &Config, keys: &KeySet) -> Result<Server<S>, String> {
+    pub fn new(service: S, config: &Config, keys: &Keyring) -> Result<Server<S>, String> {
         let state = service.build(config, keys)?;
         service.loaded(&state);
         Ok(Server {
@@ -134,7 +134,7 @@ pub struct Plan {
     pub source: Source,
     /// The configuration and keys the first state was built from.
     pub config: Config,
-    pub keys: KeySet,
+    pub keys: Keyring,
 }
 
 /// How often the keys directory is looked at.
@@ -209,14 +209,14 @@ pub async fn serve<S: Service>(server: Arc<Server<S>>, plan: Plan, mut events: t
     let source = plan.source;
     let mut running = reload::Running::new(plan.config, plan.keys);
     let mut poll = tokio::time::interval(KEY_POLL);
-    let mut last = source.store.stamp();
+    let mut last = source.stores.stamp();
     let mut files = watched_stamps(&server);
     loop {
         tokio::select! {
             e = events.recv() => match e {
                 Some(Event::Reload) => {
                     // Stamped first: a change while the reload reads is seen next time.
-                    last = source.store.stamp();
+                    last = source.stores.stamp();
                     reload::reload(&server, &source, &mut running, true);
                     files = watched_stamps(&server);
                 }
@@ -226,7 +226,7 @@ pub async fn serve<S: Service>(server: Arc<Server<S>>, plan: Plan, mut events: t
                 Some(Event::Stop) | None => break,
             },
             _ = poll.tick() => {
-                let now = source.store.stamp();
+                let now = source.stores.stamp();
                 if now != last {
                     last = now;
                     reload::reload(&server, &source, &mut running, false);

@@ -5,23 +5,24 @@
 use std::path::PathBuf;
 
 use crate::core::config::Config;
-use crate::core::keys::{KeySet, KeyStore};
+use crate::core::keys::{KeyStores, Keyring};
 
 use super::{Server, Service};
 
 /// Where configuration and keys come from.
 pub struct Source {
     pub config: PathBuf,
-    pub store: KeyStore,
+    /// `keys_dir` and the `[domain_keys]` stores.
+    pub stores: KeyStores,
     /// Command-line settings that outlive reloads (`--forward`, say).
     pub adjust: Box<dyn Fn(&mut Config) + Send + Sync>,
 }
 
 impl Source {
-    pub fn new(config: PathBuf, store: KeyStore) -> Source {
+    pub fn new(config: PathBuf, stores: KeyStores) -> Source {
         Source {
             config,
-            store,
+            stores,
             adjust: Box::new(|_| {}),
         }
     }
@@ -32,11 +33,17 @@ impl Source {
         Ok(c)
     }
 
-    fn load_keys(&self) -> Result<KeySet, String> {
-        match self.store.load() {
-            Ok(k) if !k.is_empty() => Ok(k),
-            Ok(_) => Err(format!("{} holds no key", self.store.dir().display())),
-            Err(e) => Err(e.to_string()),
+    /// Every store, all or nothing; each must hold a key.
+    fn load_keys(&self) -> Result<Keyring, String> {
+        let ring = self.stores.load().map_err(|e| e.to_string())?;
+        let empty = ring
+            .iter()
+            .zip(self.stores.iter())
+            .find(|((_, set), _)| set.is_empty())
+            .map(|(_, (_, store))| store.dir().display().to_string());
+        match empty {
+            Some(dir) => Err(format!("{dir} holds no key")),
+            None => Ok(ring),
         }
     }
 }
@@ -44,14 +51,14 @@ impl Source {
 /// The configuration and keys the running state was built from.
 pub(crate) struct Running {
     pub(crate) config: Config,
-    pub(crate) keys: KeySet,
+    pub(crate) keys: Keyring,
     /// The configuration at start: what restart-only settings are compared with (the
     /// running one takes a new listener's name without serving it).
     pub(crate) started: Config,
 }
 
 impl Running {
-    pub(crate) fn new(config: Config, keys: KeySet) -> Running {
+    pub(crate) fn new(config: Config, keys: Keyring) -> Running {
         Running {
             started: config.clone(),
             config,
@@ -73,6 +80,7 @@ fn restart_only<S: Service>(running: &Config, new: &Config) -> Vec<&'static str>
     let mut v = Vec::new();
     for (name, changed) in [
         ("keys_dir", running.keys_dir != new.keys_dir),
+        ("domain_keys", running.domain_keys != new.domain_keys),
         ("key_group", running.key_group != new.key_group),
         ("user", running.user != new.user),
         ("group", running.group != new.group),
@@ -139,7 +147,7 @@ pub(crate) fn reload<S: Service>(server: &Server<S>, source: &Source, running: &
             server.service.loaded(&state);
             server.replace(state);
             running.keys = keys;
-            crate::logln!("{name}: reloaded (keys) from {}", source.store.dir().display());
+            crate::logln!("{name}: reloaded (keys) from {}", source.stores.describe());
         }
         Err(e) => crate::logln!("{name}: not reloaded: {e}"),
     }

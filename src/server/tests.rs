@@ -9,7 +9,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
 use super::*;
 use crate::core::config::Listen;
-use crate::core::keys::KeyStore;
+use crate::core::keys::{KeyStore, KeyStores, Keyring};
 
 /// Answers each line with its state (`lifetime keys`); `slow` takes 300 ms, and a stop
 /// is seen only between lines.
@@ -25,13 +25,13 @@ impl Service for Toy {
     type State = ToyState;
     const NAME: &'static str = "batv-toy";
 
-    fn build(&self, config: &Config, keys: &KeySet) -> Result<ToyState, String> {
+    fn build(&self, config: &Config, keys: &Keyring) -> Result<ToyState, String> {
         if config.sign_domains.is_empty() {
             return Err("the toy needs sign_domains".into());
         }
         Ok(ToyState {
             lifetime: config.lifetime_days,
-            keys: keys.iter().count(),
+            keys: keys.default.iter().count(),
         })
     }
 
@@ -94,12 +94,12 @@ impl Files {
     }
 
     fn source(&self) -> Source {
-        Source::new(self.dir.path().join("batv.toml"), self.store())
+        Source::new(self.dir.path().join("batv.toml"), KeyStores::new(self.store()))
     }
 
     fn running(&self) -> reload::Running {
         let config = Config::load(Some(&self.dir.path().join("batv.toml"))).unwrap();
-        reload::Running::new(config, self.store().load().unwrap())
+        reload::Running::new(config, self.store().load().unwrap().into())
     }
 }
 

@@ -4,13 +4,14 @@
 mod sections;
 mod values;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use crate::core::address::DomainSet;
 pub use crate::core::recipients::LocalCase;
-use crate::core::tag::{Scheme, DEFAULT_LIFETIME};
+use crate::core::tag::{Scheme, Syntax, DEFAULT_LIFETIME};
 
 pub use sections::*;
 pub use values::IpNet;
@@ -98,6 +99,16 @@ pub struct Config {
     /// extension on a mailbox the signer tags is no reason to exempt a bounce.
     #[serde(default = "default_recipient_delimiter", deserialize_with = "delimiters")]
     pub recipient_delimiter: String,
+    /// Where the signer puts the tag.
+    #[serde(default)]
+    pub tag_syntax: TagSyntax,
+    /// The sub-address syntax's delimiter (one of `tag::SUBADDRESS_DELIMITERS`).
+    #[serde(default = "default_subaddress_delimiter", deserialize_with = "subaddress_delimiter")]
+    pub subaddress_delimiter: char,
+    /// Per-domain key stores: the store of an address's domain (exact, then its parent
+    /// domains) signs and verifies its tags; `keys_dir` serves the rest.
+    #[serde(default, deserialize_with = "domain_keys", skip_serializing_if = "BTreeMap::is_empty")]
+    pub domain_keys: BTreeMap<String, PathBuf>,
     #[serde(default)]
     pub sendmail: SendmailConfig,
     #[serde(default)]
@@ -121,6 +132,9 @@ impl Default for Config {
             protected_domains: None,
             verify_schemes: None,
             recipient_delimiter: default_recipient_delimiter(),
+            tag_syntax: TagSyntax::Prefix,
+            subaddress_delimiter: default_subaddress_delimiter(),
+            domain_keys: BTreeMap::new(),
             sendmail: SendmailConfig::default(),
             proxy: ProxyConfig::default(),
             daemon: DaemonConfig::default(),
@@ -169,6 +183,7 @@ impl Config {
         ]
         .into_iter()
         .flatten()
+        .chain(c.domain_keys.values_mut())
         {
             if p.is_relative() {
                 *p = base.join(&*p);
@@ -236,6 +251,14 @@ impl Config {
 
     pub fn protected_domain_set(&self) -> DomainSet {
         DomainSet::new(self.protected()).unwrap_or_default()
+    }
+
+    /// Where the signer puts the tag.
+    pub fn syntax(&self) -> Syntax {
+        match self.tag_syntax {
+            TagSyntax::Prefix => Syntax::Prefix,
+            TagSyntax::Subaddress => Syntax::Subaddress(self.subaddress_delimiter),
+        }
     }
 
     /// The schemes verifiers accept: `verify_schemes`, or the signing scheme alone.

@@ -17,6 +17,28 @@ pub enum OnError {
     Tempfail,
 }
 
+/// Where the signer puts the tag (`tag_syntax`); verifiers read both always.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TagSyntax {
+    /// `prvs=KDDDHASH=alice@example.com`.
+    #[default]
+    Prefix,
+    /// `alice+prvs=KDDDHASH@example.com` (`subaddress_delimiter`).
+    Subaddress,
+}
+
+impl std::str::FromStr for TagSyntax {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "prefix" => Ok(TagSyntax::Prefix),
+            "subaddress" => Ok(TagSyntax::Subaddress),
+            _ => Err(format!("unknown tag syntax {s:?} (expected prefix or subaddress)")),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum ProxyMode {

@@ -1,6 +1,7 @@
 //! Defaults and checked readers for single values of `batv.toml`; serde names them in
 //! `default = ...` and `deserialize_with = ...`.
 
+use std::collections::BTreeMap;
 use std::num::NonZeroU32;
 use std::path::PathBuf;
 
@@ -264,4 +265,41 @@ impl IpNet {
         let shift = bits - self.prefix as u32;
         shift >= bits || (a >> shift) == (b >> shift)
     }
+}
+
+pub(super) fn default_subaddress_delimiter() -> char {
+    '+'
+}
+pub(super) fn subaddress_delimiter<'de, D: Deserializer<'de>>(d: D) -> Result<char, D::Error> {
+    let s = String::deserialize(d)?;
+    let mut chars = s.chars();
+    match (chars.next(), chars.next()) {
+        (Some(c), None) => crate::core::tag::Syntax::subaddress(c).map(|_| c).map_err(serde::de::Error::custom),
+        _ => Err(serde::de::Error::custom(format!("must be one character, got {s:?}"))),
+    }
+}
+
+/// `[domain_keys]`: domain names (a store also serves the domains below it) to keys
+/// directories.
+pub(super) fn domain_keys<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, PathBuf>, D::Error> {
+    let map = BTreeMap::<String, PathBuf>::deserialize(d)?;
+    let mut seen = BTreeMap::new();
+    for (domain, dir) in &map {
+        if domain.starts_with('.') {
+            return Err(serde::de::Error::custom(format!(
+                "{domain:?}: name the domain itself; its store also serves the domains below it"
+            )));
+        }
+        check_domain::<D::Error>(domain)?;
+        if dir.as_os_str().is_empty() {
+            return Err(serde::de::Error::custom(format!("{domain:?}: empty keys directory")));
+        }
+        let canonical = crate::core::address::canonical_domain(domain)
+            .map_err(|e| serde::de::Error::custom(format!("{domain:?}: {e}")))?
+            .into_owned();
+        if let Some(other) = seen.insert(canonical, domain) {
+            return Err(serde::de::Error::custom(format!("{other:?} and {domain:?} are the same domain")));
+        }
+    }
+    Ok(map)
 }

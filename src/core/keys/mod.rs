@@ -15,8 +15,10 @@ use crate::core::tag::TagKey;
 use crate::core::time;
 
 mod perms;
+mod ring;
 mod store;
 
+pub use ring::{active_keys, ByDomain, KeyStores, Keyring};
 pub use store::{Change, KeyStore, MANIFEST};
 
 /// Retired keys are kept this long: the longest a tag can stay valid (31 days ahead plus
@@ -77,6 +79,8 @@ pub enum KeyError {
     BadId(String),
     #[error("no active key (activate one with `batv keys activate ID`, or `batv keys init`)")]
     NoActiveKey,
+    #[error("no active key in the store of {0} ([domain_keys]; activate one with `batv keys --domain {0} activate ID`, or `batv keys --domain {0} init`)")]
+    NoActiveKeyFor(String),
     #[error("all ten key ids are in use; prune retired keys first (`batv keys prune`)")]
     NoFreeId,
     #[error("key id {0} is in use; an id is reused only after `batv keys prune` removed it")]

@@ -2,7 +2,9 @@
 //! native scheme (HMAC-SHA256, base32). This is a wire format: it never changes.
 //!
 //! Address shape (draft-levine-smtp-batv-01 §3): `prvs=<tag-val>=<local-part>@<domain>`,
-//! tag-val = K (key digit) + DDD (expiry day mod 1000) + hash.
+//! tag-val = K (key digit) + DDD (expiry day mod 1000) + hash; or, in the sub-address
+//! syntax batv-tools writes, `<local-part>+prvs=<tag-val>@<domain>`. Both hash the same
+//! `K ‖ DDD ‖ local@domain`, so one tag value means one original address in either form.
 
 use std::borrow::Cow;
 
@@ -51,6 +53,49 @@ impl Scheme {
     /// Octets the tag adds to the unquoted local part: `prvs=` + K + DDD + hash + `=`.
     pub fn overhead(self) -> usize {
         PREFIX.len() + 4 + self.hash_len() + 1
+    }
+}
+
+/// The characters that may start a sub-address tag (`subaddress_delimiter`): the ones
+/// MTAs use for address extensions (Postfix `recipient_delimiter`, Exim
+/// `local_part_suffix`, qmail). Verifiers recognise a tag after any of them, whatever the
+/// signer writes: the hash binds the tag to the local part before it, so the delimiter
+/// adds nothing an attacker could use. `%` and `!` (routing) and `.` and `=` (ambiguous
+/// in a dot-atom and a tag) are not among them.
+pub const SUBADDRESS_DELIMITERS: &str = "+-_";
+
+/// Where the signer puts the tag (`tag_syntax`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Syntax {
+    /// `prvs=KDDDHASH=alice@example.com`, as in the BATV draft and Exim.
+    Prefix,
+    /// `alice+prvs=KDDDHASH@example.com` with this delimiter (one of
+    /// [`SUBADDRESS_DELIMITERS`]): delivered to alice by MTAs that know nothing of BATV.
+    Subaddress(char),
+}
+
+impl Syntax {
+    /// The sub-address syntax with `delimiter`, if it is one of [`SUBADDRESS_DELIMITERS`].
+    pub fn subaddress(delimiter: char) -> Result<Syntax, String> {
+        if SUBADDRESS_DELIMITERS.contains(delimiter) {
+            Ok(Syntax::Subaddress(delimiter))
+        } else {
+            Err(format!(
+                "{delimiter:?} cannot start a sub-address tag (one of {})",
+                SUBADDRESS_DELIMITERS
+                    .chars()
+                    .map(|c| format!("{c:?}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            ))
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Syntax::Prefix => "prefix",
+            Syntax::Subaddress(_) => "subaddress",
+        }
     }
 }
 
@@ -158,9 +203,22 @@ pub fn is_srs(local: &str) -> bool {
     b.len() > 5 && (starts_with_ci(local, "srs0") || starts_with_ci(local, "srs1")) && matches!(b[4], b'=' | b'+' | b'-')
 }
 
-/// True if the local part (unquoted) starts a BATV tag of any kind, valid or not.
+/// True if the local part (unquoted) holds a BATV tag of any kind, valid or not: it
+/// starts with `prvs=`, or has `prvs=` after a sub-address delimiter.
 pub fn looks_tagged(local: &str) -> bool {
-    starts_with_ci(local, PREFIX)
+    starts_with_ci(local, PREFIX) || subaddress_tag_at(local).is_some()
+}
+
+/// The index of the delimiter that starts the last sub-address tag in `local`.
+fn subaddress_tag_at(local: &str) -> Option<usize> {
+    let b = local.as_bytes();
+    // Most local parts hold no '=' at all: one pass rules them out.
+    if !b.contains(&b'=') {
+        return None;
+    }
+    (0..b.len().saturating_sub(PREFIX.len())).rev().find(|&i| {
+        SUBADDRESS_DELIMITERS.as_bytes().contains(&b[i]) && b[i + 1..i + 1 + PREFIX.len()].eq_ignore_ascii_case(PREFIX.as_bytes())
+    })
 }
 
 /// The structural skips (everything but the domain check): `None` means sign it.
@@ -182,13 +240,19 @@ pub fn too_long_to_sign(local: &str, scheme: Scheme) -> bool {
     address::written_local_len(local) + scheme.overhead() > MAX_LOCAL_LEN
 }
 
-/// Sign `addr` with `key`. The caller has already decided it should be signed.
-pub fn sign(key: &TagKey, key_id: u8, scheme: Scheme, addr: &Address<'_>, ddd: u16) -> Result<String, AddressError> {
+/// Sign `addr` with `key`, the tag written in `syntax`. The caller has already decided
+/// it should be signed.
+pub fn sign(key: &TagKey, key_id: u8, scheme: Scheme, syntax: Syntax, addr: &Address<'_>, ddd: u16) -> Result<String, AddressError> {
     debug_assert!(key_id <= 9 && ddd <= 999);
     let kd = kddd(key_id, ddd);
-    // prvs= K DDD hash(<= 8) =
+    // [delimiter] prvs= K DDD hash(<= 8) [=]
     let mut tag = [0u8; 19];
     let mut n = 0;
+    if let Syntax::Subaddress(d) = syntax {
+        // A delimiter is one ASCII character (Syntax::subaddress checks it).
+        tag[0] = u8::try_from(d).ok().filter(u8::is_ascii).unwrap_or(b'+');
+        n = 1;
+    }
     for part in [PREFIX.as_bytes(), &kd] {
         tag[n..n + part.len()].copy_from_slice(part);
         n += part.len();
@@ -204,10 +268,19 @@ pub fn sign(key: &TagKey, key_id: u8, scheme: Scheme, addr: &Address<'_>, ddd: u
             n += 8;
         }
     }
-    tag[n] = b'=';
-    // All ASCII by construction.
-    let tag = std::str::from_utf8(&tag[..n + 1]).unwrap_or_default();
-    Ok(address::format_prefixed(tag, &addr.local, addr.domain))
+    Ok(match syntax {
+        Syntax::Prefix => {
+            tag[n] = b'=';
+            // All ASCII by construction.
+            let tag = std::str::from_utf8(&tag[..n + 1]).unwrap_or_default();
+            address::format_prefixed(tag, &addr.local, addr.domain)
+        }
+        Syntax::Subaddress(_) => {
+            let tag = std::str::from_utf8(&tag[..n]).unwrap_or_default();
+            // Quoting, if the local part needs it, takes in the tag (dot-atom characters).
+            address::format(&format!("{}{tag}", addr.local), addr.domain)
+        }
+    })
 }
 
 /// A syntactically valid tag, not yet checked.
@@ -240,45 +313,61 @@ pub fn parse(s: &str) -> Result<Parsed<'_>, AddressError> {
 /// Find the tag in an address already parsed from `s` (for callers that need the address
 /// too, so it is parsed once).
 pub fn classify<'a>(s: &'a str, addr: Address<'a>) -> Parsed<'a> {
-    if !looks_tagged(&addr.local) {
+    let local = &*addr.local;
+    // The tag value's span in `local`, and the original local part's.
+    let (val, orig) = if starts_with_ci(local, PREFIX) {
+        let after = &local[PREFIX.len()..];
+        let Some(eq) = after.find('=') else {
+            return Parsed::Malformed("no '=' after the tag value");
+        };
+        let rest = PREFIX.len() + eq + 1;
+        (PREFIX.len()..PREFIX.len() + eq, rest..local.len())
+    } else if let Some(i) = subaddress_tag_at(local) {
+        (i + 1 + PREFIX.len()..local.len(), 0..i)
+    } else {
         return Parsed::Untagged(addr);
-    }
-    let after = &addr.local[PREFIX.len()..];
-    let Some(eq) = after.find('=') else {
-        return Parsed::Malformed("no '=' after the tag value");
     };
-    let val = &after.as_bytes()[..eq];
-    let scheme = match val.len() {
+    let prefix = orig.end == local.len();
+    let v = &local.as_bytes()[val];
+    let scheme = match v.len() {
         10 => Scheme::Prvs,
         12 => Scheme::Native,
         0 => return Parsed::Malformed("empty tag value"),
+        _ if !prefix && v.contains(&b'=') => return Parsed::Malformed("'=' in the tag value"),
         _ => return Parsed::Malformed("tag value has the wrong length"),
     };
-    if !val[..4].iter().all(u8::is_ascii_digit) {
+    if !v[..4].iter().all(u8::is_ascii_digit) {
         return Parsed::Malformed("key digit and day must be digits");
     }
     let hash_ok = match scheme {
-        Scheme::Prvs => val[4..].iter().all(u8::is_ascii_hexdigit),
-        Scheme::Native => unbase32_40(&val[4..]).is_some(),
+        Scheme::Prvs => v[4..].iter().all(u8::is_ascii_hexdigit),
+        Scheme::Native => unbase32_40(&v[4..]).is_some(),
     };
     if !hash_ok {
         return Parsed::Malformed("bad character in the tag hash");
     }
-    let rest_start = PREFIX.len() + eq + 1;
-    if rest_start >= addr.local.len() {
-        return Parsed::Malformed("nothing after the tag");
+    if orig.is_empty() {
+        return Parsed::Malformed(if prefix {
+            "nothing after the tag"
+        } else {
+            "nothing before the tag"
+        });
     }
     let mut hash = [0u8; 8];
-    hash[..val.len() - 4].copy_from_slice(&val[4..]);
-    let day = (val[1] - b'0') as u16 * 100 + (val[2] - b'0') as u16 * 10 + (val[3] - b'0') as u16;
-    let key_id = val[0] - b'0';
+    hash[..v.len() - 4].copy_from_slice(&v[4..]);
+    let day = (v[1] - b'0') as u16 * 100 + (v[2] - b'0') as u16 * 10 + (v[3] - b'0') as u16;
+    let key_id = v[0] - b'0';
     let (local, original) = match &addr.local {
-        // Unquoted: the original address is a suffix of the input.
-        Cow::Borrowed(l) if !addr.quoted => (Cow::Borrowed(&l[rest_start..]), Cow::Borrowed(&s[rest_start..])),
-        _ => {
-            let l = addr.local[rest_start..].to_string();
-            let orig = address::format(&l, addr.domain);
-            (Cow::Owned(l), Cow::Owned(orig))
+        // Unquoted prefix form: the original address is a suffix of the input.
+        Cow::Borrowed(l) if !addr.quoted && prefix => (Cow::Borrowed(&l[orig.clone()]), Cow::Borrowed(&s[orig.start..])),
+        Cow::Borrowed(l) => {
+            let l = &l[orig];
+            (Cow::Borrowed(l), Cow::Owned(address::format(l, addr.domain)))
+        }
+        Cow::Owned(l) => {
+            let l = l[orig].to_string();
+            let o = address::format(&l, addr.domain);
+            (Cow::Owned(l), Cow::Owned(o))
         }
     };
     Parsed::Tagged(Tagged {
@@ -362,13 +451,21 @@ impl Tagged<'_> {
     }
 }
 
+/// Where a verifier finds the key of a tag: by the key digit, and for per-domain key
+/// stores by the domain (as written) of the address. A closure of the digit alone serves
+/// one key set.
+pub trait KeyLookup<'k> {
+    fn key(&self, domain: &str, id: u8) -> Option<&'k TagKey>;
+}
+
+impl<'k, F: Fn(u8) -> Option<&'k TagKey>> KeyLookup<'k> for F {
+    fn key(&self, _domain: &str, id: u8) -> Option<&'k TagKey> {
+        self(id)
+    }
+}
+
 /// Check an address against a key lookup, as of Unix day `today`.
-pub fn verify<'a, 'k>(
-    s: &'a str,
-    today: i64,
-    schemes: Schemes,
-    keys: impl Fn(u8) -> Option<&'k TagKey>,
-) -> Result<Verdict<'a>, AddressError> {
+pub fn verify<'a, 'k>(s: &'a str, today: i64, schemes: Schemes, keys: impl KeyLookup<'k>) -> Result<Verdict<'a>, AddressError> {
     if let Some(v) = verify_plain(s, today, schemes, &keys) {
         return Ok(v);
     }
@@ -377,12 +474,7 @@ pub fn verify<'a, 'k>(
 
 /// `verify` for any input, through the parser.
 #[doc(hidden)]
-pub fn verify_general<'a, 'k>(
-    s: &'a str,
-    today: i64,
-    schemes: Schemes,
-    keys: impl Fn(u8) -> Option<&'k TagKey>,
-) -> Result<Verdict<'a>, AddressError> {
+pub fn verify_general<'a, 'k>(s: &'a str, today: i64, schemes: Schemes, keys: impl KeyLookup<'k>) -> Result<Verdict<'a>, AddressError> {
     let t = match parse(s)? {
         Parsed::Untagged(_) => return Ok(Verdict::Untagged),
         Parsed::Malformed(why) => return Ok(Verdict::Malformed(why)),
@@ -395,7 +487,7 @@ pub fn verify_general<'a, 'k>(
 /// the HMAC block laid out straight from the input and nothing built but the verdict.
 /// `None` sends anything else to [`verify_general`], which gives the same verdict on
 /// every input (a property test checks this).
-fn verify_plain<'a, 'k>(s: &'a str, today: i64, schemes: Schemes, keys: &impl Fn(u8) -> Option<&'k TagKey>) -> Option<Verdict<'a>> {
+fn verify_plain<'a, 'k>(s: &'a str, today: i64, schemes: Schemes, keys: &impl KeyLookup<'k>) -> Option<Verdict<'a>> {
     let b = s.as_bytes();
     if !looks_tagged(s) || b.len() > address::MAX_ADDRESS_LEN {
         return None;
@@ -433,7 +525,7 @@ fn verify_plain<'a, 'k>(s: &'a str, today: i64, schemes: Schemes, keys: &impl Fn
     if !schemes.accepts(scheme) {
         return Some(Schemes::refusal(scheme));
     }
-    let Some(key) = keys(key_id) else {
+    let Some(key) = keys.key(addr.domain, key_id) else {
         return Some(Verdict::UnknownKey(key_id));
     };
     // K, DDD and '@' are the same lower-cased, so the native scheme's canonical address
@@ -453,11 +545,11 @@ fn verify_plain<'a, 'k>(s: &'a str, today: i64, schemes: Schemes, keys: &impl Fn
 }
 
 /// Check a parsed tag.
-pub fn check<'a, 'k>(t: Tagged<'a>, today: i64, schemes: Schemes, keys: impl Fn(u8) -> Option<&'k TagKey>) -> Verdict<'a> {
+pub fn check<'a, 'k>(t: Tagged<'a>, today: i64, schemes: Schemes, keys: impl KeyLookup<'k>) -> Verdict<'a> {
     if !schemes.accepts(t.scheme) {
         return Schemes::refusal(t.scheme);
     }
-    let Some(key) = keys(t.key_id) else {
+    let Some(key) = keys.key(t.domain, t.key_id) else {
         return Verdict::UnknownKey(t.key_id);
     };
     if !t.authentic(key) {

@@ -75,7 +75,11 @@ fn tag_known_answers() {
         ),
     ] {
         let a = address::parse(addr).unwrap();
-        assert_eq!(sign(&key, key_id, scheme, &a, ddd).unwrap(), want, "{scheme} {addr}");
+        assert_eq!(
+            sign(&key, key_id, scheme, Syntax::Prefix, &a, ddd).unwrap(),
+            want,
+            "{scheme} {addr}"
+        );
         let today = 20_000 + (ddd as i64 - 20_000).rem_euclid(1000);
         assert!(verify(want, today, Schemes::ALL, |_| Some(&key)).unwrap().is_valid(), "{want}");
     }
@@ -135,7 +139,7 @@ fn plain_tags_take_the_fast_path() {
     let lookup = |k: u8| keys.get(k as usize);
     for scheme in [Scheme::Native, Scheme::Prvs] {
         let a = address::parse("Jane.Doe@Example.org").unwrap();
-        let signed = sign(&keys[1], 1, scheme, &a, day_stamp(20_000, 7)).unwrap();
+        let signed = sign(&keys[1], 1, scheme, Syntax::Prefix, &a, day_stamp(20_000, 7)).unwrap();
         let fast = verify_plain(&signed, 20_000, Schemes::ALL, &lookup);
         assert!(
             matches!(&fast, Some(Verdict::Valid(c)) if c.original == "Jane.Doe@Example.org"),
@@ -145,7 +149,12 @@ fn plain_tags_take_the_fast_path() {
         // Quoted and UTF-8 addresses go the general way.
         let q = address::parse("\"j d\"@example.org").unwrap();
         assert_eq!(
-            verify_plain(&sign(&keys[1], 1, scheme, &q, 7).unwrap(), 20_000, Schemes::ALL, &lookup),
+            verify_plain(
+                &sign(&keys[1], 1, scheme, Syntax::Prefix, &q, 7).unwrap(),
+                20_000,
+                Schemes::ALL,
+                &lookup
+            ),
             None
         );
     }
@@ -158,7 +167,7 @@ fn only_accepted_schemes_verify() {
     for (scheme, other) in [(Scheme::Native, Scheme::Prvs), (Scheme::Prvs, Scheme::Native)] {
         for a in ["jane@example.org", "\"j d\"@example.org"] {
             let a = address::parse(a).unwrap();
-            let signed = sign(&keys[1], 1, scheme, &a, day_stamp(20_000, 7)).unwrap();
+            let signed = sign(&keys[1], 1, scheme, Syntax::Prefix, &a, day_stamp(20_000, 7)).unwrap();
             assert!(verify(&signed, 20_000, Schemes::of([scheme]), lookup).unwrap().is_valid());
             let refused = verify(&signed, 20_000, Schemes::of([other]), lookup).unwrap();
             assert!(
@@ -248,7 +257,7 @@ fn srs_and_tag_detection() {
 fn quoted_round_trip() {
     let key = TagKey::new(b"k");
     let a = address::parse("\"john doe\"@example.com").unwrap();
-    let s = sign(&key, 1, Scheme::Native, &a, 787).unwrap();
+    let s = sign(&key, 1, Scheme::Native, Syntax::Prefix, &a, 787).unwrap();
     assert!(s.starts_with("\"prvs=1787") && s.ends_with("=john doe\"@example.com"), "{s}");
     let v = verify(&s, 20_780, Schemes::ALL, |k| (k == 1).then_some(&key)).unwrap();
     match v {

@@ -25,7 +25,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 use crate::core::config::{Config, IpNet, RejectAt};
 use crate::core::failed_tags::FailedTags;
-use crate::core::keys::KeySet;
+use crate::core::keys::Keyring;
 use crate::core::log::q;
 use crate::core::signer::Signer;
 use crate::core::verdict::Rules;
@@ -79,7 +79,7 @@ impl Settings {
 
 /// One consistent snapshot: the configuration and keys, and what is made from them.
 pub struct State {
-    keys: KeySet,
+    keys: Keyring,
     /// None without an active key: `sign` then answers NOTFOUND (mail leaves unsigned,
     /// as the sendmail wrapper's default `on_error = "pass"` does).
     signer: Option<Signer>,
@@ -167,7 +167,7 @@ impl Service for Daemon {
     type State = State;
     const NAME: &'static str = "batv-daemon";
 
-    fn build(&self, config: &Config, keys: &KeySet) -> Result<State, String> {
+    fn build(&self, config: &Config, keys: &Keyring) -> Result<State, String> {
         let settings = Settings::from_config(config)?;
         let signer = Signer::new(keys.clone(), config).ok();
         Ok(State {

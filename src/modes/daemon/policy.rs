@@ -254,7 +254,7 @@ mod tests {
             ..Config::default()
         };
         extra(&mut config);
-        let keys = KeySet::from_keys(vec![key]).unwrap();
+        let keys = KeySet::from_keys(vec![key]).unwrap().into();
         Server::new(Daemon::new(Some(20_780 * 86_400)), &config, &keys).unwrap()
     }
 

@@ -83,7 +83,7 @@ impl Server<Daemon> {
             "strip" => {
                 // Only an authentic tag (valid or expired) comes off: a map answer makes
                 // smtpd count the address as known, so a made-up tag must not get one.
-                let stripped = match tag::verify(key, today, state.settings.rules.schemes, |k| state.keys.get(k)) {
+                let stripped = match tag::verify(key, today, state.settings.rules.schemes, &state.keys) {
                     Ok(Verdict::Valid(c) | Verdict::Expired(c)) => Some(c.original.into_owned()),
                     _ => None,
                 };

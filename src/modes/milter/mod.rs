@@ -21,7 +21,7 @@ use prometheus_client::metrics::counter::Counter;
 
 use crate::core::config::{Config, IpNet, RejectAt};
 use crate::core::failed_tags::FailedTags;
-use crate::core::keys::KeySet;
+use crate::core::keys::Keyring;
 use crate::core::signer::Signer;
 use crate::core::verdict::Rules;
 use crate::server::metrics::Metrics;
@@ -81,7 +81,7 @@ impl Settings {
 /// One snapshot: settings, keys, and the signer made of them.
 pub struct State {
     settings: Settings,
-    keys: KeySet,
+    keys: Keyring,
     /// None without an active key: nothing is signed (mail leaves unsigned).
     signer: Option<Signer>,
 }
@@ -162,7 +162,7 @@ impl Service for Milter {
     type State = State;
     const NAME: &'static str = "batv-milter";
 
-    fn build(&self, config: &Config, keys: &KeySet) -> Result<State, String> {
+    fn build(&self, config: &Config, keys: &Keyring) -> Result<State, String> {
         Ok(State {
             settings: Settings::from_config(config)?,
             keys: keys.clone(),

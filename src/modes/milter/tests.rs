@@ -22,7 +22,7 @@ fn server(extra: impl FnOnce(&mut Config)) -> Server<Milter> {
         ..Config::default()
     };
     extra(&mut config);
-    let keys = KeySet::from_keys(vec![crate::core::keys::test_key()]).unwrap();
+    let keys = KeySet::from_keys(vec![crate::core::keys::test_key()]).unwrap().into();
     Server::new(Milter::new(Some(NOW)), &config, &keys).unwrap()
 }
 

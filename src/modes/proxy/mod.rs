@@ -19,7 +19,7 @@ use tokio::net::TcpStream;
 
 use crate::core::config::{Config, ProxyMode};
 use crate::core::failed_tags::FailedTags;
-use crate::core::keys::KeySet;
+use crate::core::keys::Keyring;
 use crate::core::log::q;
 use crate::core::recipients::{self, LocalCase, Recipients};
 use crate::server::metrics::Metrics;
@@ -35,7 +35,7 @@ pub use verify::Verify;
 /// One snapshot: the settings and the keys they are used with.
 pub struct State {
     pub settings: Settings,
-    pub keys: KeySet,
+    pub keys: Keyring,
 }
 
 /// The proxy mode: what outlives reloads.
@@ -126,7 +126,7 @@ impl Service for Proxy {
     type State = State;
     const NAME: &'static str = "batv-proxy";
 
-    fn build(&self, config: &Config, keys: &KeySet) -> Result<State, String> {
+    fn build(&self, config: &Config, keys: &Keyring) -> Result<State, String> {
         let recipients = self.recipients(config)?;
         Ok(State {
             settings: Settings::from_config(config, recipients)?,
