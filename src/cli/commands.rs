@@ -312,10 +312,12 @@ fn sign(ctx: &Context, a: SignArgs) -> Result<u8, CliError> {
             continue;
         }
         // The store of the address's domain signs it ([domain_keys]).
-        let keys = ring.get(addr.domain);
+        let (store, keys) = ring.lookup(addr.domain);
         let key = match key_id {
             Some(id) => keys.key(id).ok_or(KeyError::UnknownKey(id))?,
-            None => keys.active().ok_or(KeyError::NoActiveKey)?,
+            None => keys
+                .active()
+                .ok_or_else(|| store.map_or(KeyError::NoActiveKey, |d| KeyError::NoActiveKeyFor(d.to_string())))?,
         };
         match tag::sign(&key.tag, key.info.id, scheme, syntax, &addr, ddd) {
             Ok(signed) => writeln!(out, "{signed}")?,

@@ -2,7 +2,7 @@
 
 use crate::core::address::{self, AddressError, DomainSet};
 use crate::core::config::Config;
-use crate::core::keys::{self, ByDomain, Key, KeyError, Keyring};
+use crate::core::keys::{ByDomain, Key, KeyError, Keyring};
 use crate::core::tag::{self, Scheme, Skip, Syntax};
 
 /// What happened to one sender.
@@ -13,12 +13,15 @@ pub enum Outcome {
     Skipped(Skip),
     /// Not an address we can read: left unchanged for the MTA to judge.
     Invalid(AddressError),
+    /// Its domain's key store (`[domain_keys]`, or `keys_dir`) has no active key: it is
+    /// not signed with another store's key, which that domain's MX could not check.
+    NoKey,
 }
 
 /// Signs senders of the configured domains with the active key of their domain's store.
 #[derive(Debug, Clone)]
 pub struct Signer {
-    keys: ByDomain<Key>,
+    keys: ByDomain<Option<Key>>,
     scheme: Scheme,
     syntax: Syntax,
     lifetime: u16,
@@ -26,16 +29,37 @@ pub struct Signer {
 }
 
 impl Signer {
-    /// Every store needs an active key: a domain whose store has none must not be
-    /// signed with another's key, which its own MX could not check.
+    /// A signer if any store has an active key; the others' domains get
+    /// [`Outcome::NoKey`] (see [`Signer::keyless`]).
     pub fn new(keys: impl Into<Keyring>, config: &Config) -> Result<Self, KeyError> {
+        let keys = keys.into();
+        let active: ByDomain<Option<Key>> = keys.try_map(|_, set| Ok::<_, KeyError>(set.active().cloned()))?;
+        if active.iter().all(|(_, k)| k.is_none()) {
+            return Err(KeyError::NoActiveKey);
+        }
         Ok(Signer {
-            keys: keys::active_keys(&keys.into())?,
+            keys: active,
             scheme: config.scheme,
             syntax: config.syntax(),
             lifetime: config.lifetime_days,
             domains: config.sign_domain_set(),
         })
+    }
+
+    /// The stores without an active key: `[domain_keys]` domains, and `None` for
+    /// `keys_dir`. For a warning when the state is built.
+    pub fn keyless(&self) -> Vec<Option<&str>> {
+        self.keys.iter().filter(|(_, k)| k.is_none()).map(|(d, _)| d).collect()
+    }
+
+    /// A warning naming the stores without an active key, if there are any.
+    pub fn keyless_warning(&self) -> Option<String> {
+        let names: Vec<String> = self
+            .keyless()
+            .into_iter()
+            .map(|d| d.map_or_else(|| "keys_dir".to_string(), |d| format!("the [domain_keys] store of {d}")))
+            .collect();
+        (!names.is_empty()).then(|| format!("no active key in {}: senders there are not signed", names.join(", ")))
     }
 
     /// Sign `sender` (bare `local@domain`, no angle brackets) as of Unix day `today`.
@@ -53,7 +77,9 @@ impl Signer {
         if let Some(skip) = tag::structural_skip(&addr, self.scheme) {
             return Outcome::Skipped(skip);
         }
-        let key = self.keys.get(addr.domain);
+        let Some(key) = self.keys.get(addr.domain) else {
+            return Outcome::NoKey;
+        };
         match tag::sign(
             &key.tag,
             key.info.id,

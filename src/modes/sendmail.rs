@@ -353,10 +353,24 @@ impl Wrapper {
         let Some(signer) = self.signer_or_fallback()? else {
             return Ok(None);
         };
-        Ok(match signer.sign(sender, tag::unix_day(self.now)) {
-            Outcome::Signed(s) => Some(s),
-            Outcome::Skipped(_) | Outcome::Invalid(_) => None,
-        })
+        match signer.sign(sender, tag::unix_day(self.now)) {
+            Outcome::Signed(s) => Ok(Some(s)),
+            Outcome::Skipped(_) | Outcome::Invalid(_) => Ok(None),
+            // Its domain's store cannot sign: the same as no keys at all.
+            Outcome::NoKey => {
+                let why = format!("no active key for the sender's domain ({})", crate::core::log::q(sender));
+                match self.config.sendmail.on_error {
+                    OnError::Pass => {
+                        warn(&format!("sending unsigned: {why}"));
+                        Ok(None)
+                    }
+                    OnError::Tempfail => {
+                        warn(&format!("not sending (on_error = tempfail): {why}"));
+                        Err(EX_TEMPFAIL)
+                    }
+                }
+            }
+        }
     }
 
     /// `-t` with exemptions: read the header block, decide, then run the real sendmail

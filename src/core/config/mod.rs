@@ -323,6 +323,33 @@ enforce_after = "2026-12-01"
     }
 
     #[test]
+    fn tag_syntax_and_domain_keys() {
+        let c = parse("tag_syntax = \"subaddress\"\nsubaddress_delimiter = \"-\"\n").unwrap();
+        assert_eq!(c.syntax(), Syntax::Subaddress('-'));
+        assert_eq!(parse("").unwrap().syntax(), Syntax::Prefix);
+        assert_eq!(parse("tag_syntax = \"subaddress\"").unwrap().syntax(), Syntax::Subaddress('+'));
+        for (text, needle) in [
+            ("tag_syntax = \"suffix\"\n", ":1: tag_syntax"),
+            ("subaddress_delimiter = \"%\"\n", ":1: subaddress_delimiter"),
+            ("subaddress_delimiter = \"+-\"\n", "one character"),
+            ("[domain_keys]\n\".example.com\" = \"k\"\n", "name the domain itself"),
+            ("[domain_keys]\n\"a b\" = \"k\"\n", "domain_keys"),
+            ("[domain_keys]\n\"Example.com\" = \"k1\"\n\"example.COM\" = \"k2\"\n", "same domain"),
+        ] {
+            let e = parse(text).unwrap_err();
+            assert!(e.contains(needle), "{text}: {e}");
+        }
+        let c = parse("[domain_keys]\n\"customer.example\" = \"keys-customer\"\n\"other.example\" = \"/srv/k\"\n").unwrap();
+        assert_eq!(c.domain_keys["customer.example"], Path::new("/etc/batv/keys-customer"));
+        assert_eq!(c.domain_keys["other.example"], Path::new("/srv/k"));
+        // config show writes what config check reads back.
+        let again = parse(&c.to_toml()).unwrap();
+        assert_eq!(again.domain_keys, c.domain_keys);
+        let c = parse("tag_syntax = \"subaddress\"\nsubaddress_delimiter = \"_\"\n").unwrap();
+        assert_eq!(parse(&c.to_toml()).unwrap().syntax(), Syntax::Subaddress('_'));
+    }
+
+    #[test]
     fn errors_name_line_and_key() {
         let e = parse("scheme = \"native\"\nbogus = 1\n").unwrap_err();
         assert!(e.starts_with("/etc/batv/batv.toml:2: bogus"), "{e}");

@@ -18,7 +18,7 @@ mod perms;
 mod ring;
 mod store;
 
-pub use ring::{active_keys, ByDomain, KeyStores, Keyring};
+pub use ring::{ByDomain, KeyStores, Keyring};
 pub use store::{Change, KeyStore, MANIFEST};
 
 /// Retired keys are kept this long: the longest a tag can stay valid (31 days ahead plus
@@ -79,7 +79,7 @@ pub enum KeyError {
     BadId(String),
     #[error("no active key (activate one with `batv keys activate ID`, or `batv keys init`)")]
     NoActiveKey,
-    #[error("no active key in the store of {0} ([domain_keys]; activate one with `batv keys --domain {0} activate ID`, or `batv keys --domain {0} init`)")]
+    #[error("no active key in the [domain_keys] store of {0} (activate one with `batv keys --domain {0} activate ID`)")]
     NoActiveKeyFor(String),
     #[error("all ten key ids are in use; prune retired keys first (`batv keys prune`)")]
     NoFreeId,

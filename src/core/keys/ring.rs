@@ -9,7 +9,7 @@ use crate::core::address;
 use crate::core::config::Config;
 use crate::core::tag::{KeyLookup, TagKey};
 
-use super::{Key, KeyError, KeySet, KeyStore};
+use super::{KeyError, KeySet, KeyStore};
 
 /// A value for every domain: one per configured domain, a default for the rest. Domains
 /// are kept canonical (lower case, A-labels), longest first, so the first match is the
@@ -44,18 +44,21 @@ impl<T> ByDomain<T> {
     /// The value for `domain`: its own, its nearest parent's, or the default. A domain
     /// that cannot be read gets the default (it names no configured domain).
     pub fn get(&self, domain: &str) -> &T {
+        self.lookup(domain).1
+    }
+
+    /// [`ByDomain::get`], with the configured domain that matched (`None`: the default).
+    pub fn lookup(&self, domain: &str) -> (Option<&str>, &T) {
         if self.domains.is_empty() {
-            return &self.default;
+            return (None, &self.default);
         }
         let Ok(d) = address::canonical_domain(domain) else {
-            return &self.default;
+            return (None, &self.default);
         };
         self.domains
             .iter()
-            .find(|(e, _)| {
-                d.len() >= e.len() && d.ends_with(e.as_str()) && (d.len() == e.len() || d.as_bytes()[d.len() - e.len() - 1] == b'.')
-            })
-            .map_or(&self.default, |(_, v)| v)
+            .find(|(e, _)| d.ends_with(e.as_str()) && (d.len() == e.len() || d.as_bytes()[d.len() - e.len() - 1] == b'.'))
+            .map_or((None, &self.default), |(e, v)| (Some(e.as_str()), v))
     }
 
     /// The configured domains and their values, the default first (domain `None`).
@@ -138,16 +141,6 @@ impl KeyStores {
             .collect::<Vec<_>>()
             .join(", ")
     }
-}
-
-/// The active key of every store: what a signer signs with.
-pub fn active_keys(ring: &Keyring) -> Result<ByDomain<Key>, KeyError> {
-    ring.try_map(|domain, set| {
-        set.active().cloned().ok_or_else(|| match domain {
-            None => KeyError::NoActiveKey,
-            Some(d) => KeyError::NoActiveKeyFor(d.to_string()),
-        })
-    })
 }
 
 #[cfg(test)]

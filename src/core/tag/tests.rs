@@ -281,3 +281,80 @@ fn malformed_tags() {
         assert!(matches!(parse(s), Ok(Parsed::Malformed(_))), "{s}: {:?}", parse(s));
     }
 }
+
+#[test]
+fn subaddress_tags_parse_to_the_mailbox_before_them() {
+    let orig = |s: &str| match parse(s) {
+        Ok(Parsed::Tagged(t)) => (t.scheme, t.key_id, t.day, t.original.into_owned()),
+        other => panic!("{s}: {other:?}"),
+    };
+    assert_eq!(
+        orig("alice+prvs=0795ee03a4@example.com"),
+        (Scheme::Prvs, 0, 795, "alice@example.com".into())
+    );
+    assert_eq!(orig("a-b_c-prvs=3002abcdefgh@x.org"), (Scheme::Native, 3, 2, "a-b_c@x.org".into()));
+    assert_eq!(orig("ALICE_PRVS=0795EE03A4@X.ORG").3, "ALICE@X.ORG");
+    // The last tag is the tag; what is before it is the mailbox, extension and all.
+    assert_eq!(orig("user+existing+prvs=07959143f3@example.com").3, "user+existing@example.com");
+    assert_eq!(orig("a+prvs=0795ee03a4+prvs=0795ee03a4@x.org").3, "a+prvs=0795ee03a4@x.org");
+    // Quoted local parts keep their quoting.
+    assert_eq!(orig("\"john doe+prvs=0795ee03a4\"@x.org").3, "\"john doe\"@x.org");
+    // The prefix form comes first when both are there.
+    assert_eq!(orig("prvs=0795ee03a4=bob+prvs=0795ee03a4@x.org").3, "bob+prvs=0795ee03a4@x.org");
+    for s in [
+        "+prvs=0795ee03a4@x.org",
+        "alice+prvs=@x.org",
+        "alice+prvs=07@x.org",
+        "alice+prvs=0795=e03a4@x.org",
+        "alice+prvs=0795ee03a4x@x.org",
+        "alice+prvs=a795ee03a4@x.org",
+        "alice+prvs=0795ee03ag@x.org",
+        "alice-prvs=junk@x.org",
+    ] {
+        assert!(matches!(parse(s), Ok(Parsed::Malformed(_))), "{s}: {:?}", parse(s));
+        assert!(looks_tagged(&address::parse(s).unwrap().local), "{s}");
+    }
+    // Not a delimiter, or no tag at the end: an ordinary local part.
+    for s in [
+        "alice.prvs=0795ee03a4@x.org",
+        "aliceprvs=0795ee03a4@x.org",
+        "alice%prvs=0795ee03a4@x.org",
+        "alice+prvs@x.org",
+    ] {
+        assert!(matches!(parse(s), Ok(Parsed::Untagged(_))), "{s}: {:?}", parse(s));
+    }
+}
+
+#[test]
+fn subaddress_signing() {
+    let key = TagKey::new(b"a shared secret");
+    let a = address::parse("jane.doe@example.org").unwrap();
+    let prefix = sign(&key, 0, Scheme::Prvs, Syntax::Prefix, &a, 787).unwrap();
+    assert_eq!(prefix, "prvs=0787b36d66=jane.doe@example.org");
+    // The same hash, after the mailbox.
+    for d in ['+', '-', '_'] {
+        let s = sign(&key, 0, Scheme::Prvs, Syntax::Subaddress(d), &a, 787).unwrap();
+        assert_eq!(s, format!("jane.doe{d}prvs=0787b36d66@example.org"));
+    }
+    let n = sign(&key, 0, Scheme::Native, Syntax::Subaddress('+'), &a, 787).unwrap();
+    assert_eq!(n, "jane.doe+prvs=0787cuxbi73g@example.org");
+    // A quoted local part is quoted with its tag.
+    let q = address::parse("\"john doe\"@example.com").unwrap();
+    let s = sign(&key, 1, Scheme::Native, Syntax::Subaddress('+'), &q, 787).unwrap();
+    assert!(s.starts_with("\"john doe+prvs=1787") && s.ends_with("\"@example.com"), "{s}");
+    assert!(verify(&s, 20_780, Schemes::ALL, |k| (k == 1).then_some(&key)).unwrap().is_valid());
+    // Both forms add the same octets, so what is too long to sign is the same.
+    assert_eq!(n.len() - a.local.len() - "@example.org".len(), Scheme::Native.overhead());
+    // Only the delimiters verifiers recognise can be configured.
+    assert!(Syntax::subaddress('+').is_ok());
+    for c in ['%', '!', '.', '=', 'a', '@', ' '] {
+        assert!(Syntax::subaddress(c).is_err(), "{c:?}");
+    }
+    // An address tagged either way is never signed again.
+    for t in [prefix.as_str(), "jane+prvs=0787b36d66@example.org"] {
+        assert_eq!(
+            structural_skip(&address::parse(t).unwrap(), Scheme::Native),
+            Some(Skip::AlreadyTagged)
+        );
+    }
+}

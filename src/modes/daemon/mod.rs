@@ -189,8 +189,13 @@ impl Service for Daemon {
     }
 
     fn loaded(&self, state: &State) {
-        if state.signer.is_none() {
-            logln!("batv-daemon: warning: no active key: the sign map answers NOTFOUND (mail leaves unsigned)");
+        match &state.signer {
+            None => logln!("batv-daemon: warning: no active key: the sign map answers NOTFOUND (mail leaves unsigned)"),
+            Some(s) => {
+                if let Some(w) = s.keyless_warning() {
+                    logln!("batv-daemon: warning: {w} (the sign map answers NOTFOUND for them)");
+                }
+            }
         }
     }
 

@@ -182,8 +182,13 @@ impl Service for Milter {
     }
 
     fn loaded(&self, state: &State) {
-        if state.signer.is_none() {
-            crate::logln!("batv-milter: warning: no active key: nothing is signed (mail leaves unsigned)");
+        match &state.signer {
+            None => crate::logln!("batv-milter: warning: no active key: nothing is signed (mail leaves unsigned)"),
+            Some(s) => {
+                if let Some(w) = s.keyless_warning() {
+                    crate::logln!("batv-milter: warning: {w}");
+                }
+            }
         }
     }
 
