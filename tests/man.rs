@@ -120,4 +120,6 @@ fn config_man_page_names_every_key() {
         }
     }
     assert!(missing.is_empty(), "batv.toml.5 does not document {missing:?}");
+    // [domain_keys] is a table of domains (left empty above): documented as a section.
+    assert!(c.domain_keys.is_empty() && page.contains(".SH [domain_keys]"));
 }

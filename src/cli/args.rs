@@ -443,7 +443,10 @@ belong to root or to the user batv runs as.
 
 One host: `batv keys rotate`. A fleet sharing keys, in two phases: `batv keys add --standby`
 (or `import`) on every host, then `batv keys activate ID` on every host, so no host ever sees
-a tag it cannot check. Prune retired keys with `batv keys prune`.";
+a tag it cannot check. Prune retired keys with `batv keys prune`.
+
+With [domain_keys] in the configuration, `batv keys --domain DOMAIN ...` does the same to
+that domain's store (a domain listed there, named as there).";
 
 #[derive(Debug, Args)]
 pub struct KeysArgs {
