@@ -31,11 +31,16 @@ struct Site {
 
 /// A site, or None (skip) where Postfix cannot run. `batv` follows the `[milter]` line.
 fn site(batv: &str) -> Option<Site> {
+    site_with("", batv)
+}
+
+/// [`site`] with `top` among the top-level settings.
+fn site_with(top: &str, batv: &str) -> Option<Site> {
     let root = postfix_root()?;
     if !can_run_postfix() {
         return None;
     }
-    let store = Store::new(&format!("[milter]\ninternal_networks = [\"127.0.0.1/32\"]\n{batv}"));
+    let store = Store::new(&format!("{top}[milter]\ninternal_networks = [\"127.0.0.1/32\"]\n{batv}"));
     let milter = Milter::start(&store);
     let sink = SmtpSink::start(&root, &[]);
     let mx = free_port();
@@ -44,7 +49,7 @@ fn site(batv: &str) -> Option<Site> {
     let recipients = store.dir.path().join("recipients");
     std::fs::write(
         &recipients,
-        "/^(alice|bob)@example\\.org$/ ok\n/^prvs=[0-9]{4}[0-9a-z]{6,8}=(alice|bob)@example\\.org$/ ok\n",
+        "/^(alice|bob)@example\\.org$/ ok\n/^prvs=[0-9]{4}[0-9a-z]{6,8}=(alice|bob)@example\\.org$/ ok\n/^(alice|bob)\\+prvs=[0-9]{4}[0-9a-z]{6,8}@example\\.org$/ ok\n",
     )
     .unwrap();
     std::fs::set_permissions(store.dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
@@ -150,6 +155,34 @@ fn bounces_are_judged_and_tags_stripped() {
         let Some(s) = site("") else { return };
         an_untagged_bounce_is_refused(&s);
         a_tagged_bounce_goes_to_the_original(&s);
+    });
+}
+
+/// With `tag_syntax = "subaddress"` the milter signs `alice+prvs=...@` (CHGFROM), and a
+/// bounce to a sub-address tag is delivered to the mailbox; a forged one is refused.
+#[test]
+fn subaddress_tags_are_signed_verified_and_stripped() {
+    bounded(LIMIT, || {
+        let Some(s) = site_with("tag_syntax = \"subaddress\"\n", "") else {
+            return;
+        };
+        let r = s.transaction(INSIDE, "alice@example.org", &["<carol@remote.test>"], "sub-out");
+        assert_eq!(codes(&r), [250, 250, 354, 250], "{r:?}\n{}", s.milter_log());
+        let m = s.one("sub-out");
+        assert!(m.from.starts_with("alice+prvs=1"), "signed in the sub-address syntax: {m:#?}");
+        assert_eq!(s.store.verify(NOW, &[&m.from]).unwrap(), ["alice@example.org"]);
+        let o = s.store.batv(NOW, &["sign", "--syntax", "subaddress", "bob@example.org"]);
+        let tagged = String::from_utf8(o.stdout).unwrap().trim().to_string();
+        assert!(tagged.starts_with("bob+prvs="), "{tagged}");
+        let r = s.transaction(OUTSIDE, "", &[&format!("<{tagged}>")], "sub-in");
+        assert_eq!(codes(&r), [250, 250, 354, 250], "{r:?}\n{}", s.milter_log());
+        assert_eq!(s.one("sub-in").rcpts, ["bob@example.org"], "the tag is stripped");
+        // One hash character changed: refused at RCPT.
+        let at = tagged.find('@').unwrap();
+        let last = tagged.as_bytes()[at - 1];
+        let forged = format!("{}{}{}", &tagged[..at - 1], if last == b'a' { 'b' } else { 'a' }, &tagged[at..]);
+        let r = s.transaction(OUTSIDE, "", &[&format!("<{forged}>")], "sub-forged");
+        assert_eq!(code(&r[1]), 550, "{r:?}");
     });
 }
 

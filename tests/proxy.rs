@@ -363,3 +363,45 @@ fn a_reload_cannot_switch_the_mode() {
     let out = p.session(&bounce(&["carol@example.com"]));
     assert_eq!(codes(&out), [220, 250, 250, 250, 550, 221], "{out}");
 }
+
+/// Sub-address tags (`bob+prvs=...@`, as batv-tools writes them) are read by a proxy
+/// whatever its own tag_syntax: a valid one is stripped to the mailbox before it, an
+/// extension kept; a tag moved behind another extension, or forged, is refused.
+#[test]
+fn subaddress_tags_are_verified_and_stripped() {
+    let Some((sink, _t)) = setup() else { return };
+    let p = Proxy::start(&format!("127.0.0.1:{}", sink.port), "");
+    let sign = |addr: &str| {
+        let o = Command::new(BIN)
+            .arg("--keys")
+            .arg(&p.keys)
+            .args(["--now", TODAY, "sign", "--syntax", "subaddress", addr])
+            .output()
+            .unwrap();
+        String::from_utf8(o.stdout).unwrap().trim().to_string()
+    };
+    let bob = sign("bob@example.com");
+    let news = sign("carol+news@example.com");
+    assert!(bob.starts_with("bob+prvs=") && news.starts_with("carol+news+prvs="), "{bob} {news}");
+    let out = p.session(&bounce(&[&bob, &news]));
+    assert_eq!(codes(&out), [220, 250, 250, 250, 250, 354, 250, 221], "{out}");
+    assert_eq!(
+        sink.messages(1)[0]["rcpt_tos"],
+        serde_json::json!(["bob@example.com", "carol+news@example.com"]),
+        "the tags are stripped, the extension kept"
+    );
+    let carol = sign("carol@example.com");
+    let moved = carol.replacen("carol+", "carol+news+", 1);
+    let at = bob.find('@').unwrap();
+    let forged = format!(
+        "{}{}{}",
+        &bob[..at - 1],
+        if bob.as_bytes()[at - 1] == b'a' { 'b' } else { 'a' },
+        &bob[at..]
+    );
+    for rcpt in [moved.as_str(), forged.as_str(), "bob+prvs=junk@example.com"] {
+        let out = p.session(&bounce(&[rcpt]));
+        assert_eq!(codes(&out), [220, 250, 250, 250, 550, 221], "{rcpt}: {out}");
+    }
+    assert_eq!(sink.messages(1).len(), 1, "nothing refused reached the sink");
+}
