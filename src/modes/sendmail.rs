@@ -335,16 +335,22 @@ impl Wrapper {
     fn signer_or_fallback(&self) -> Result<Option<Signer>, u8> {
         match self.signer() {
             Ok(s) => Ok(Some(s)),
-            Err(e) => match self.config.sendmail.on_error {
-                OnError::Pass => {
-                    warn(&format!("sending unsigned: {e}"));
-                    Ok(None)
-                }
-                OnError::Tempfail => {
-                    warn(&format!("not sending (on_error = tempfail): {e}"));
-                    Err(EX_TEMPFAIL)
-                }
-            },
+            Err(e) => self.unsigned(&e).map(|()| None),
+        }
+    }
+
+    /// What `on_error` says when a sender cannot be signed: `Ok` goes on unsigned (with a
+    /// warning), `Err(code)` stops with that status.
+    fn unsigned(&self, why: &str) -> Result<(), u8> {
+        match self.config.sendmail.on_error {
+            OnError::Pass => {
+                warn(&format!("sending unsigned: {why}"));
+                Ok(())
+            }
+            OnError::Tempfail => {
+                warn(&format!("not sending (on_error = tempfail): {why}"));
+                Err(EX_TEMPFAIL)
+            }
         }
     }
 
@@ -357,19 +363,9 @@ impl Wrapper {
             Outcome::Signed(s) => Ok(Some(s)),
             Outcome::Skipped(_) | Outcome::Invalid(_) => Ok(None),
             // Its domain's store cannot sign: the same as no keys at all.
-            Outcome::NoKey => {
-                let why = format!("no active key for the sender's domain ({})", crate::core::log::q(sender));
-                match self.config.sendmail.on_error {
-                    OnError::Pass => {
-                        warn(&format!("sending unsigned: {why}"));
-                        Ok(None)
-                    }
-                    OnError::Tempfail => {
-                        warn(&format!("not sending (on_error = tempfail): {why}"));
-                        Err(EX_TEMPFAIL)
-                    }
-                }
-            }
+            Outcome::NoKey => self
+                .unsigned(&format!("no active key for the sender's domain ({})", crate::core::log::q(sender)))
+                .map(|()| None),
         }
     }
 
