@@ -489,7 +489,8 @@ pub fn verify_general<'a, 'k>(s: &'a str, today: i64, schemes: Schemes, keys: im
 /// every input (a property test checks this).
 fn verify_plain<'a, 'k>(s: &'a str, today: i64, schemes: Schemes, keys: &impl KeyLookup<'k>) -> Option<Verdict<'a>> {
     let b = s.as_bytes();
-    if !looks_tagged(s) || b.len() > address::MAX_ADDRESS_LEN {
+    // The prefix form only (a sub-address tag goes to the parser).
+    if !starts_with_ci(s, PREFIX) || b.len() > address::MAX_ADDRESS_LEN {
         return None;
     }
     let val = &b[PREFIX.len()..];

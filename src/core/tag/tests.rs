@@ -358,3 +358,19 @@ fn subaddress_signing() {
         );
     }
 }
+
+#[test]
+fn the_fast_path_takes_the_prefix_form_only() {
+    // A prefix tag over a local part that holds a sub-address tag (no batv signer makes
+    // one; another signer might), its `prvs=` replaced: no longer a prefix tag, so the
+    // fast path must not verify the rest as one.
+    let key = TagKey::new(b"a shared secret");
+    let inner = address::parse("foo+prvs=0795ee03a4@x.org").unwrap();
+    let signed = sign(&key, 0, Scheme::Prvs, Syntax::Prefix, &inner, 795).unwrap();
+    let lookup = |k: u8| (k == 0).then_some(&key);
+    assert!(verify(&signed, 20_790, Schemes::ALL, lookup).unwrap().is_valid());
+    let disguised = format!("abcde{}", &signed[PREFIX.len()..]);
+    let v = verify(&disguised, 20_790, Schemes::ALL, lookup).unwrap();
+    assert_eq!(v, verify_general(&disguised, 20_790, Schemes::ALL, lookup).unwrap());
+    assert!(!v.is_valid(), "{disguised}: {v:?}");
+}
