@@ -92,11 +92,13 @@ impl Context {
     /// `KeyStores::startup` and never do this.
     fn keys_interactive(&self) -> Result<Keyring, KeyError> {
         let stores = self.stores()?;
+        let ring = stores.load()?;
+        if !ring.default.is_empty() {
+            return Ok(ring);
+        }
         let store = &stores.default;
-        if store.load()?.is_empty() {
-            if let Change::Added(id) = store.ensure_first_key(self.now)? {
-                eprintln!("batv: created a first signing key (id {id}) in {}", store.dir().display());
-            }
+        if let Change::Added(id) = store.ensure_first_key(self.now)? {
+            eprintln!("batv: created a first signing key (id {id}) in {}", store.dir().display());
         }
         stores.load()
     }
@@ -277,11 +279,7 @@ fn shown(s: &str) -> String {
 fn sign(ctx: &Context, a: SignArgs) -> Result<u8, CliError> {
     let scheme = a.scheme.unwrap_or(ctx.config.scheme);
     let addrs = inputs(a.addresses)?;
-    let syntax = match a.syntax {
-        Some(config::TagSyntax::Prefix) => tag::Syntax::Prefix,
-        Some(config::TagSyntax::Subaddress) => tag::Syntax::Subaddress(ctx.config.subaddress_delimiter),
-        None => ctx.config.syntax(),
-    };
+    let syntax = ctx.config.syntax_of(a.syntax.unwrap_or(ctx.config.tag_syntax));
     let ring = ctx.keys_interactive()?;
     let key_id = a.key.as_deref().map(keys::parse_id).transpose()?;
     let ddd = tag::day_stamp(ctx.today(), ctx.config.lifetime_days);

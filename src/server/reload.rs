@@ -33,18 +33,9 @@ impl Source {
         Ok(c)
     }
 
-    /// Every store, all or nothing; each must hold a key.
+    /// Every store, all or nothing; each must hold a key (as at start).
     fn load_keys(&self) -> Result<Keyring, String> {
-        let ring = self.stores.load().map_err(|e| e.to_string())?;
-        let empty = ring
-            .iter()
-            .zip(self.stores.iter())
-            .find(|((_, set), _)| set.is_empty())
-            .map(|(_, (_, store))| store.dir().display().to_string());
-        match empty {
-            Some(dir) => Err(format!("{dir} holds no key")),
-            None => Ok(ring),
-        }
+        self.stores.startup().map_err(|e| e.to_string())
     }
 }
 

@@ -255,7 +255,12 @@ impl Config {
 
     /// Where the signer puts the tag.
     pub fn syntax(&self) -> Syntax {
-        match self.tag_syntax {
+        self.syntax_of(self.tag_syntax)
+    }
+
+    /// `syntax` written with this configuration's delimiter (`batv sign --syntax`).
+    pub fn syntax_of(&self, syntax: TagSyntax) -> Syntax {
+        match syntax {
             TagSyntax::Prefix => Syntax::Prefix,
             TagSyntax::Subaddress => Syntax::Subaddress(self.subaddress_delimiter),
         }
