@@ -25,7 +25,8 @@ fn render(cmd: clap::Command, section: &str) -> Vec<u8> {
 /// One page per command and subcommand, named as clap_mangen refers to them
 /// (`batv-keys-rotate.8`).
 fn pages() -> Vec<(String, Vec<u8>)> {
-    let root = batv::cli::command();
+    // The pages name the release, not the commit they were built from.
+    let root = batv::cli::command().long_version(None::<&str>);
     let mut pages = vec![("batv.1".to_string(), render(root.clone(), "1"))];
     for sub in root.get_subcommands() {
         let s = section(sub.get_name());

@@ -13,7 +13,7 @@ Exit status (sysexits): 0 ok, 1 invalid tag, 64 usage, 65 bad input, 74 I/O erro
 
 /// Bounce Address Tag Validation: sign envelope senders, refuse backscatter.
 #[derive(Debug, Parser)]
-#[command(name = "batv", version, about, after_help = AFTER_HELP, max_term_width = 100, disable_help_subcommand = true)]
+#[command(name = "batv", version, long_version = env!("BATV_LONG_VERSION"), about, after_help = AFTER_HELP, max_term_width = 100, disable_help_subcommand = true)]
 pub struct Cli {
     /// Configuration file [default: /etc/batv/batv.toml; batv.toml in a source checkout]
     #[arg(long, global = true, value_name = "FILE")]

@@ -154,6 +154,13 @@ pub fn launch<S: Service, B: FnOnce() -> io::Result<Vec<Bound>>>(
             }
         }
     }
+    // The packaged configuration names no domain until the admin sets one: say so, or a
+    // running service that refuses nothing looks like one that works.
+    if config.sign_domains.is_empty() && config.protected().is_empty() {
+        crate::logln!(
+            "{name}: warning: no sign_domains or protected_domains in the configuration: nothing is signed and no bounce is refused"
+        );
+    }
     let plan = Plan {
         listeners,
         metrics,
